@@ -65,9 +65,12 @@ class BertFamily(Family):
         cfg = copy.deepcopy(config)
         cfg.hidden_size = config.hidden_size // reduction
         cfg.intermediate_size = config.intermediate_size // reduction
-        head_dim = config.hidden_size // config.num_attention_heads
-        # keep the head size where the narrow width allows it, else a single head
-        cfg.num_attention_heads = cfg.hidden_size // head_dim if cfg.hidden_size % head_dim == 0 and cfg.hidden_size >= head_dim else 1
+        # LST's side network keeps the head count and divides the head size by r (as T5's d_kv / r
+        # below); where the narrow width is not divisible by the head count, the largest count that is
+        heads = config.num_attention_heads
+        while cfg.hidden_size % heads:
+            heads -= 1
+        cfg.num_attention_heads = heads
         return type(self.layers(model)[0])(cfg)
 
     def ffn_slot(self, layer):

@@ -3,8 +3,9 @@
 The frozen backbone runs once without autograd (``frozen_hidden_states``): none of its activations
 are kept for backward, and gradients flow only through the side network and the ladders.
 
-- Side network: the backbone's own layer type with every width divided by ``r`` (d_model, d_ff, and
-  T5's d_kv; ``backbone.narrow_layer``), one side layer per kept backbone layer. Side layers are
+- Side network: the backbone's own layer type with every width divided by ``r`` (d_model, d_ff and
+  the head size; the head count is kept, as LST's code does with T5's d_kv; ``backbone.narrow_layer``),
+  one side layer per kept backbone layer. Side layers are
   Hugging Face layers, so each one's FFN is a named submodule (BERT ``intermediate``/``output``,
   T5 ``layer[-1]``), the slot MP-ISMoE turns into experts.
 - Side input: a down-projection Linear(d -> d/r) of the backbone's input embeddings.
