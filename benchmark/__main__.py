@@ -52,6 +52,8 @@ def cmd_list(args) -> int:
     print("methods:")
     for name, cls in METHODS.items():
         print(f"  {name:<16} {cls.about}")
+        if cls.variants:
+            print(f"  {'':<16} variant=: {', '.join(cls.variants)}")
     print("tasks:")
     for name, t in TASKS.items():
         print(f"  {name:<16} v{t.version}  {t.family:<10} {t.about}")

@@ -22,6 +22,7 @@ class RunConfig:
     task: str = "rotten_tomatoes"
     backbone: str = "minilm"
     seed: int = 0
+    variant: str = ""  # a named configuration of the method (its ``variants``), e.g. an ablation row
     pooling: str = ""  # "" = the backbone's default ("cls" or "mean")
     # budget
     epochs: int = 1
@@ -73,6 +74,11 @@ class RunConfig:
              "precision", "must be a Lightning precision such as 32-true, bf16-mixed or 16-mixed")
         need(0 < self.val_check_interval <= 1.0 or float(self.val_check_interval).is_integer(),
              "val_check_interval", "must be a fraction of an epoch in (0, 1] or a whole number of steps")
+
+    @property
+    def label(self) -> str:
+        """``method`` or ``method@variant``, the name a run's results and logs go under."""
+        return f"{self.method}@{self.variant}" if self.variant else self.method
 
     def devices_value(self) -> int | str:
         return int(self.devices) if self.devices.isdigit() else self.devices

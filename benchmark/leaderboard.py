@@ -16,7 +16,7 @@ from typing import Iterable, Sequence
 
 import pandas as pd
 
-from benchmark.results import CORRUPT, atomic_write_text, load_results, validate
+from benchmark.results import CORRUPT, atomic_write_text, load_results, method_label, validate
 
 KEYS = ["task_family", "task", "task_version", "backbone", "device", "method"]
 PARETO_GROUP = ["task", "task_version", "backbone", "device"]
@@ -85,7 +85,7 @@ def pareto_front(scores: Sequence[float], memory: Sequence[float], higher_is_bet
 def _flatten(record: dict) -> dict:
     run, metrics, eff = record["run"], record["metrics"], record["efficiency"]
     row = {"task_family": run["task_family"], "task": run["task"], "task_version": run["task_version"],
-           "backbone": run["backbone"], "device": eff["device"], "method": run["method"], "seed": run["seed"],
+           "backbone": run["backbone"], "device": eff["device"], "method": method_label(run), "seed": run["seed"],
            "finished_at": run["finished_at"], "higher_is_better": metrics["higher_is_better"],
            "score": metrics["test"]["score"], "val_score": metrics["val_best"].get("score"),
            "trainable_params": eff["trainable_params"], "trainable_percent": eff["trainable_percent"],

@@ -2,7 +2,7 @@
 
 Every row trains the same few steps at the same padded shape (batch x length) on the same task, so
 the numbers differ only by method. Rows come from the registry: a method may list extra rows
-(``memory_variants``, e.g. 4-bit or ablation settings) and they join the table automatically.
+(``variants``, e.g. 4-bit or ablation settings) and they join the table automatically.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def memory_rows() -> list[tuple[str, str, dict[str, str]]]:
     rows = []
     for name, cls in METHODS.items():
         rows.append((name, name, {}))
-        for label, extra in getattr(cls, "memory_variants", {}).items():
+        for label, extra in cls.variants.items():
             rows.append((label, name, dict(extra)))
     return rows
 
@@ -44,7 +44,6 @@ def measure_one(overrides: dict[str, str]) -> dict:
     from benchmark.run import parameter_counts, plan, build_components
 
     steps = int(overrides.pop("steps", DEFAULTS["steps"]))
-    variant = overrides.pop("variant", overrides.get("method", ""))
     batch = int(overrides.get("batch_size", DEFAULTS["batch_size"]))
     overrides = {**{k: v for k, v in DEFAULTS.items() if k != "steps"}, **overrides,
                  "pad_to_max_length": "true", "limit_train_samples": str(batch * steps), "limit_eval_samples": "8",
@@ -60,7 +59,7 @@ def measure_one(overrides: dict[str, str]) -> dict:
                         enable_model_summary=False, num_sanity_val_steps=0)
     trainer.fit(module, datamodule=dm)
     s = meter.summary()
-    row = {"method": r.method, "variant": variant, **{k: s.get(k) for k in ("peak_train_bytes", "peak_source",
+    row = {"method": r.method, "variant": r.variant or r.method, **{k: s.get(k) for k in ("peak_train_bytes", "peak_source",
            "cuda_max_allocated", "cuda_max_reserved", "step_seconds", "device")},
            **s.get("memory_breakdown", {}), **parameter_counts(module, method),
            "batch_size": r.batch_size, "max_length": r.max_length, "precision": r.precision, "backbone": r.backbone}
@@ -81,7 +80,7 @@ def measure_all(overrides: dict[str, str], methods: list[str] | None = None,
         rows = [r for r in rows if r[0] in methods]
     results, failures = [], []
     for label, method, extra in rows:
-        args = [f"{k}={v}" for k, v in {**overrides, **extra, "method": method, "variant": label}.items()]
+        args = [f"{k}={v}" for k, v in {**overrides, "method": method, "variant": "" if label == method else label}.items()]
         print(f"measuring {label} ...", flush=True)
         proc = subprocess.run([sys.executable, "-m", "benchmark", "memory", "--one", *args],
                               capture_output=True, text=True, env={**os.environ, "WANDB_MODE": "disabled"})

@@ -8,8 +8,8 @@ because JSON has no NaN.
 Layout (``SCHEMA_VERSION`` 1)::
 
     {"schema_version": 1,
-     "run": {id, method, task, task_version, task_family, backbone, seed, status, error, git_commit,
-             git_dirty, wandb_run_id, config, started_at, finished_at},
+     "run": {id, method, [variant], task, task_version, task_family, backbone, seed, status, error,
+             git_commit, git_dirty, wandb_run_id, config, started_at, finished_at},
      "metrics": {primary: "score", higher_is_better, val_best: {name: float}, test: {name: float}},
      "efficiency": {trainable_params, total_params, trainable_percent, backbone_storage_bytes,
                     checkpoint_bytes, peak_train_bytes, peak_source, memory_breakdown, tracker_peak_bytes,
@@ -44,6 +44,7 @@ RUN_FIELDS = {
     "backbone": "str", "seed": "int", "status": "str", "error": "str?", "git_commit": "str?",
     "git_dirty": "bool?", "wandb_run_id": "str?", "config": "dict", "started_at": "str", "finished_at": "str",
 }
+RUN_OPTIONAL = {"variant": "str?"}  # a named configuration of the method (``variant=``); absent = none
 METRICS_FIELDS = {"primary": "str", "higher_is_better": "bool", "val_best": "dict", "test": "dict"}
 EFFICIENCY_FIELDS = {
     "trainable_params": "int", "total_params": "int", "trainable_percent": "num",
@@ -166,6 +167,7 @@ def validate(record: Any) -> list[str]:
     run, metrics, eff, env = (sections[k] for k in ("run", "metrics", "efficiency", "env"))
 
     problems += _check_fields(run, "run", RUN_FIELDS, required=True)
+    problems += _check_fields(run, "run", RUN_OPTIONAL, required=False)
     status = run.get("status")
     if isinstance(status, str) and status not in STATUSES:
         problems.append(f"run.status should be one of {', '.join(STATUSES)}, got {status!r}")
@@ -265,19 +267,24 @@ def write_result(record: dict, path: str | os.PathLike) -> Path:
 
 
 def slug(name: str) -> str:
-    """A safe file/folder name for ``name``: '/' -> '--', anything outside [A-Za-z0-9._-] -> '-'."""
+    """A safe file/folder name for ``name``: '/' -> '--', anything outside [A-Za-z0-9._@-] -> '-'."""
     s = name.strip().strip("/").replace("/", "--")
-    s = re.sub(r"[^A-Za-z0-9._-]+", "-", s)
+    s = re.sub(r"[^A-Za-z0-9._@-]+", "-", s)
     if not s.strip("."):  # "", ".", ".." would not be a folder of its own
         s = "_" + s
     return s
 
 
+def method_label(run: dict) -> str:
+    """``method`` or ``method@variant``: a variant's runs are a row of their own, never averaged in."""
+    return f"{run['method']}@{run['variant']}" if run.get("variant") else run["method"]
+
+
 def result_path(results_dir: str | os.PathLike, record: dict) -> Path:
-    """``<results_dir>/runs/<task>-v<version>/<method>/<backbone-slug>/seed<seed>.json``: a new task
-    version never overwrites the old one's results."""
+    """``<results_dir>/runs/<task>-v<version>/<method[@variant]>/<backbone-slug>/seed<seed>.json``: a new
+    task version never overwrites the old one's results."""
     run = record["run"]
-    return (Path(results_dir) / "runs" / f"{slug(run['task'])}-v{run['task_version']}" / slug(run["method"])
+    return (Path(results_dir) / "runs" / f"{slug(run['task'])}-v{run['task_version']}" / slug(method_label(run))
             / slug(run["backbone"]) / f"seed{run['seed']}.json")
 
 

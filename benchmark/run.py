@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from benchmark.config import RunConfig, as_dict, build, split_overrides
+from benchmark.config import ConfigError, RunConfig, as_dict, build, split_overrides
 from benchmark.errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -41,6 +41,11 @@ def plan(overrides: dict[str, str]) -> Plan:
     _resolve(probe.backbone)
     run_vals, method_vals = split_overrides(overrides, RunConfig, method_cls.config_class)
     run = build(RunConfig, run_vals, "run")
+    if run.variant:
+        if run.variant not in method_cls.variants:
+            valid = ", ".join(sorted(method_cls.variants)) or "none"
+            raise ConfigError(f"unknown variant {run.variant!r} of method {run.method!r}; valid variants: {valid}")
+        method_vals = {**method_cls.variants[run.variant], **method_vals}  # the command line wins
     method_cfg = build(method_cls.config_class, method_vals, probe.method)
     return Plan(run, method_cls, method_cfg, task)
 
@@ -69,8 +74,9 @@ def _loggers(p: Plan, run_dir: Path):
         os.environ.setdefault("WANDB_SILENT", "true")
         r = p.run
         loggers.append(WandbLogger(project=r.wandb_project, save_dir=str(run_dir), offline=(mode == "offline"),
-                                   group=f"{r.task}/{r.method}", tags=[r.task, r.method, r.backbone],
-                                   name=f"{r.task}-{r.method}-{_slug(r.backbone)}-s{r.seed}",
+                                   group=f"{r.task}/{r.label}",
+                                   tags=[r.task, r.method, r.backbone] + ([r.variant] if r.variant else []),
+                                   name=f"{r.task}-{r.label}-{_slug(r.backbone)}-s{r.seed}",
                                    config={"run": as_dict(r), "method": as_dict(p.method_cfg)}))
     return loggers
 
@@ -129,7 +135,7 @@ def execute(p: Plan) -> dict:
     dm, method, module = build_components(p)
 
     stamp = started.strftime("%Y%m%d-%H%M%S")
-    run_dir = REPO_ROOT / r.run_dir / r.task / r.method / _slug(r.backbone) / f"seed{r.seed}-{stamp}"
+    run_dir = REPO_ROOT / r.run_dir / r.task / _slug(r.label) / _slug(r.backbone) / f"seed{r.seed}-{stamp}"
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt = ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), monitor="val/score",
                            mode="max" if p.task.higher_is_better else "min", save_top_k=1,
@@ -162,7 +168,8 @@ def execute(p: Plan) -> dict:
     wandb_id = next((lg.experiment.id for lg in loggers if type(lg).__name__ == "WandbLogger"), None)
     record = {
         "schema_version": results.SCHEMA_VERSION,
-        "run": {"id": f"{r.task}-{r.method}-{_slug(r.backbone)}-s{r.seed}-{stamp}", "method": r.method,
+        "run": {"id": f"{r.task}-{_slug(r.label)}-{_slug(r.backbone)}-s{r.seed}-{stamp}", "method": r.method,
+                "variant": r.variant or None,
                 "task": r.task, "task_version": p.task.version, "task_family": p.task.family,
                 "backbone": r.backbone, "seed": r.seed, "status": "ok", "error": None, "git_commit": commit,
                 "git_dirty": dirty, "wandb_run_id": wandb_id,
@@ -201,7 +208,7 @@ def run(overrides: dict[str, str]) -> Path | None:
     results.write_result(record, path)
     t = record["metrics"]["test"]
     e = record["efficiency"]
-    print(f"done: {p.run.method} on {p.run.task} (seed {p.run.seed}): test score {t.get('score', float('nan')):.4f}, "
+    print(f"done: {p.run.label} on {p.run.task} (seed {p.run.seed}): test score {t.get('score', float('nan')):.4f}, "
           f"peak train memory {e['peak_train_bytes'] / 2**30:.3f} GiB ({e['peak_source']}), "
           f"trainable {e['trainable_params']:,} ({e['trainable_percent']:.2f} %)")
     print(f"results: {path}\nlogs: {run_dir}")
@@ -218,7 +225,8 @@ def _record_failure(p: Plan, exc: BaseException) -> None:
     commit, dirty = results.git_info(REPO_ROOT)
     record = {
         "schema_version": results.SCHEMA_VERSION,
-        "run": {"id": f"{r.task}-{r.method}-{_slug(r.backbone)}-s{r.seed}-{status}", "method": r.method,
+        "run": {"id": f"{r.task}-{_slug(r.label)}-{_slug(r.backbone)}-s{r.seed}-{status}", "method": r.method,
+                "variant": r.variant or None,
                 "task": r.task, "task_version": p.task.version, "task_family": p.task.family, "backbone": r.backbone,
                 "seed": r.seed, "status": status, "error": f"{type(exc).__name__}: {exc}"[:2000],
                 "git_commit": commit, "git_dirty": dirty, "wandb_run_id": None,

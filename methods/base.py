@@ -52,6 +52,10 @@ class Method(nn.Module):
     # PETL and full fine-tuning train inside the backbone, so its dropout follows train/eval like any
     # fine-tuned model; a side method's frozen backbone is a fixed feature extractor and stays in eval.
     backbone_follows_train_mode: ClassVar[bool] = False
+    # Named configurations (e.g. a paper's ablation rows): name -> method overrides as ``key=value``
+    # strings. ``variant=<name>`` on a run applies one (command-line keys still win), the results are
+    # kept apart as ``<method>@<name>``, and ``make memory`` measures every variant as its own row.
+    variants: ClassVar[dict[str, dict[str, str]]] = {}
 
     def __init__(self, backbone: Backbone, config: MethodConfig):
         super().__init__()

@@ -385,7 +385,7 @@ def test_named_experiments_are_valid_configs_and_memory_rows():
     for name in ("table3-base", "table3-moe-no-prior", "table3-moe-prior", "table4-full-precision",
                  "table4-unified-low-precision", "table4-mixed-precision", "table4-mixed-noise"):
         assert name in EXPERIMENTS and EXPERIMENTS[name].about
-    assert MPISMoE.memory_variants == {n: e.overrides for n, e in EXPERIMENTS.items()}
+    assert MPISMoE.variants == {n: e.overrides for n, e in EXPERIMENTS.items()}
     rows = {label: (method, extra) for label, method, extra in memory_rows()}
     cfgs = {}
     for name, e in EXPERIMENTS.items():

@@ -38,6 +38,29 @@ def test_a_run_writes_one_valid_record(method, dirs, tmp_path):
     assert list(df["method"]) == [method] and int(df["n"].iloc[0]) == 1
 
 
+def test_a_variant_applies_its_overrides_and_is_kept_apart(dirs):
+    from methods.mpismoe.experiments import EXPERIMENTS
+
+    p = plan({**TINY, **dirs, "method": "mpismoe", "task": "rotten_tomatoes", "variant": "table3-base"})
+    assert EXPERIMENTS["table3-base"].overrides == {"quantize_backbone": "false", "moe": "false"}
+    assert p.method_cfg.quantize_backbone is False and p.method_cfg.moe is False and p.run.label == "mpismoe@table3-base"
+    # a key given on the command line wins over the variant's
+    p = plan({**TINY, **dirs, "method": "mpismoe", "task": "rotten_tomatoes", "variant": "table3-base", "moe": "true"})
+    assert p.method_cfg.moe is True
+    rec = {"run": {"task": "rotten_tomatoes", "task_version": 1, "method": "mpismoe", "variant": "table3-base",
+                   "backbone": "minilm", "seed": 0}}
+    assert results.result_path("r", rec).parts[-3] == "mpismoe@table3-base"
+
+
+def test_an_unknown_variant_names_the_valid_ones(dirs):
+    from benchmark.config import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown variant 'nope' of method 'mpismoe'; valid variants: .*table3-base"):
+        plan({**TINY, **dirs, "method": "mpismoe", "task": "rotten_tomatoes", "variant": "nope"})
+    with pytest.raises(ConfigError, match="valid variants: none"):
+        plan({**TINY, **dirs, "method": "lora", "task": "rotten_tomatoes", "variant": "x"})
+
+
 def test_selection_follows_the_validation_score(dirs):
     from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: F401  (the checkpoint monitors val/score)
 

@@ -1,8 +1,8 @@
 """Named MP-ISMoE configurations: the ablation rows of the paper's Tables 3 and 4, plus a few of ours.
 
 Each entry maps a name to ``key=value`` overrides of ``MPISMoEConfig`` (strings, as on the command line)
-and a one-line description. ``MPISMoE.memory_variants`` is derived from this dict, so ``make memory``
-measures every row. A row sets every switch its table varies, explicitly, so a change of a default
+and a one-line description. ``MPISMoE.variants`` is derived from this dict, so ``variant=<name>`` runs a row
+and ``make memory`` measures every row. A row sets every switch its table varies, explicitly, so a change of a default
 does not silently change what a row means. Everything not listed keeps the defaults (base SHERL,
 8-bit GNP-IQ with group 64, 4 experts, top-2, softmax prior, p = 10 %, M = 1 epoch).
 

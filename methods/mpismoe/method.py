@@ -166,7 +166,7 @@ class MPISMoE(Method):
     config_class = MPISMoEConfig
     about = "MP-ISMoE: GNP-IQ quantized backbone + interactive side MoE (base: lst | unipt | sherl)"
     # the named experiments (paper Tables 3 and 4, and ours): one ``make memory`` row each
-    memory_variants = {name: dict(e.overrides) for name, e in EXPERIMENTS.items()}
+    variants = {name: dict(e.overrides) for name, e in EXPERIMENTS.items()}
 
     def __init__(self, backbone, config: MPISMoEConfig):
         super().__init__(backbone, config)
