@@ -13,16 +13,17 @@ BACKBONE ?= minilm
 QUICK ?=
 ARGS ?=
 GLUE_DIR ?=
+DATA_DIR ?= $(GLUE_DIR)
 BATCH ?= 32
 LEN ?= 128
 
-RUN_ARGS = method=$(METHOD) task=$(TASK) backbone=$(BACKBONE) $(if $(GLUE_DIR),data_dir=$(GLUE_DIR)) $(ARGS)
+RUN_ARGS = method=$(METHOD) task=$(TASK) backbone=$(BACKBONE) $(if $(DATA_DIR),data_dir=$(DATA_DIR)) $(ARGS)
 
-.PHONY: help setup bench test leaderboard list memory quant-report clean
+.PHONY: help setup bench test leaderboard figures browser list memory quant-report clean
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
-	@echo "  variables: METHOD=$(METHOD) TASK=$(TASK) SEEDS=\"$(SEEDS)\" BACKBONE=$(BACKBONE) QUICK=1 ARGS=\"key=value ...\" GLUE_DIR=<dir>"
+	@echo "  variables: METHOD=$(METHOD) TASK=$(TASK) SEEDS=\"$(SEEDS)\" BACKBONE=$(BACKBONE) QUICK=1 ARGS=\"key=value ...\" DATA_DIR=<dir> (GLUE_DIR=<dir>)"
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,14 +44,20 @@ bench: setup ## run METHOD on TASK for each of SEEDS (QUICK=1: a few steps), the
 test: setup ## the test suite (offline, CPU, a few minutes)
 	$(PY) -m pytest tests
 
-leaderboard: setup ## tables from results/runs: results/leaderboard.{md,csv,tex}
+leaderboard: setup ## tables from results/runs: results/leaderboard.{md,csv,tex}, ablations, index.html
 	$(PY) -m benchmark leaderboard
+
+figures: setup ## figures from results/ (no training) -> results/figures/*.png, and results/index.html
+	$(PY) -m benchmark.figures
+
+browser: ## install Debian's chromium (for the leaderboard page test; needs root and apt)
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 
 list: setup ## registered methods, tasks and backbones
 	@$(PY) -m benchmark list
 
-memory: setup ## peak training memory of every method (BACKBONE, BATCH, LEN) -> results/memory.csv
-	$(PY) -m benchmark memory backbone=$(BACKBONE) batch_size=$(BATCH) max_length=$(LEN) $(ARGS)
+memory: setup ## peak training memory of every method (BACKBONE, BATCH, LEN, TASK) -> results/memory[-TASK].csv
+	$(PY) -m benchmark memory task=$(TASK) backbone=$(BACKBONE) batch_size=$(BATCH) max_length=$(LEN) $(ARGS)
 
 quant-report: setup ## GNP-IQ vs round-to-nearest (and HQQ/NF4 if installed) on MiniLM -> results/quantization.csv
 	$(PY) -m benchmark.quant_report

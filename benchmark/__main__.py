@@ -77,7 +77,9 @@ def cmd_memory(args) -> int:
     if args.one:
         measure_one(overrides)
         return 0
-    return measure_all(overrides, methods=args.methods.split() if args.methods else None)
+    task = overrides.get("task", "rotten_tomatoes")
+    out = args.out or ("results/memory.csv" if task == "rotten_tomatoes" else f"results/memory-{task}.csv")
+    return measure_all(overrides, methods=args.methods.split() if args.methods else None, out=out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("memory", help="peak training memory of every registered method (fresh process each)")
     p.add_argument("overrides", nargs="*")
     p.add_argument("--methods", default="", help="space-separated subset of memory rows")
+    p.add_argument("--out", default="", help="csv path (default results/memory.csv; results/memory-<task>.csv "
+                                              "for another task)")
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(fn=cmd_memory)
     args = parser.parse_args(argv)

@@ -21,6 +21,8 @@ class RunConfig:
     method: str = "mpismoe"
     task: str = "rotten_tomatoes"
     backbone: str = "minilm"
+    vision: str = "efficientnet-lite0"  # image encoder of vision-language tasks (a CLIP hub id works too)
+    feature_cache: str = ""  # "" = $METL_CACHE or ~/.cache/metl-bench/features
     seed: int = 0
     variant: str = ""  # a named configuration of the method (its ``variants``), e.g. an ablation row
     pooling: str = ""  # "" = the backbone's default ("cls" or "mean")

@@ -1,22 +1,34 @@
-"""One LightningDataModule for every task: load the task's splits, tokenize, batch."""
+"""One LightningDataModule for every task: load the task's splits, tokenize, batch.
+
+Vision-language tasks: every distinct image is encoded once (``image_features``, which reads and fills
+the on-disk feature cache) into one table; an example keeps row indices into it, and a batch gets
+``visual_feats`` [B, images, tokens, dim] with the attention mask extended over the visual tokens, which
+the vision-language backbone appends after the text tokens.
+"""
 from __future__ import annotations
 
+from typing import Callable
+
 import lightning as L
+import torch
 from torch.utils.data import DataLoader
 
-from tasks.base import DataOptions, Task
+from tasks.base import METRIC_COLUMNS, DataOptions, Task
 
 
 class TaskDataModule(L.LightningDataModule):
     def __init__(self, task: Task, tokenizer, *, max_length: int, batch_size: int, eval_batch_size: int,
                  pad_to_max_length: bool = False, data_dir: str = "", limit_train_samples: int = 0,
-                 limit_eval_samples: int = 0, seed: int = 0, num_workers: int = 0):
+                 limit_eval_samples: int = 0, seed: int = 0, num_workers: int = 0,
+                 image_features: Callable[[list[str]], torch.Tensor] | None = None):
         super().__init__()
         self.task, self.tokenizer = task, tokenizer
         self.max_length, self.batch_size, self.eval_batch_size = max_length, batch_size, eval_batch_size
         self.pad_to_max_length, self.data_dir, self.seed = pad_to_max_length, data_dir, seed
         self.limits = {"train": limit_train_samples, "validation": limit_eval_samples, "test": limit_eval_samples}
         self.num_workers = num_workers
+        self.image_features = image_features
+        self.visual_table: torch.Tensor | None = None  # [distinct images, tokens, dim]
         self.splits = None
 
     def load_raw(self):
@@ -31,12 +43,25 @@ class TaskDataModule(L.LightningDataModule):
         if self.splits is not None:
             return
         raw = self.load_raw()
-        has_pair = "text_b" in raw["train"].column_names
+        columns = raw["train"].column_names
+        has_pair = "text_b" in columns
+        row_of: dict[str, int] = {}
+        if self.task.images_per_example:
+            if self.image_features is None:
+                raise ValueError(f"task {self.task.name} needs images: give the data module an image_features function")
+            paths = sorted({p for ds in raw.values() for ps in ds["images"] for p in ps})
+            row_of = {p: i for i, p in enumerate(paths)}
+            self.visual_table = self.image_features(paths)
 
         def encode(rows):
             pair = (rows["text_a"], rows["text_b"]) if has_pair else (rows["text_a"],)
             enc = self.tokenizer(*pair, truncation=True, max_length=self.max_length)
             enc["labels"] = rows["label"]
+            for c in METRIC_COLUMNS:
+                if c in rows:
+                    enc[c] = rows[c]
+            if row_of:
+                enc["image_rows"] = [[row_of[p] for p in ps] for ps in rows["images"]]
             return enc
 
         self.splits = {
@@ -46,7 +71,14 @@ class TaskDataModule(L.LightningDataModule):
 
     def collate(self, rows):
         padding = "max_length" if self.pad_to_max_length else "longest"
-        return self.tokenizer.pad(rows, padding=padding, max_length=self.max_length, return_tensors="pt")
+        image_rows = [r.pop("image_rows") for r in rows] if self.visual_table is not None else None
+        batch = self.tokenizer.pad(rows, padding=padding, max_length=self.max_length, return_tensors="pt")
+        if image_rows is not None:
+            feats = self.visual_table[torch.tensor(image_rows)]  # [B, images, tokens, dim]
+            batch["visual_feats"] = feats
+            visual_mask = batch["attention_mask"].new_ones(len(rows), feats.shape[1] * feats.shape[2])
+            batch["attention_mask"] = torch.cat([batch["attention_mask"], visual_mask], dim=1)
+        return batch
 
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
         return DataLoader(self.splits[split], batch_size=batch_size, shuffle=shuffle, collate_fn=self.collate,

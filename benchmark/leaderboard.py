@@ -4,12 +4,15 @@ Failed, interrupted, corrupt and invalid runs are dropped and counted; the rest 
 seeds, one row per (task family, task, task version, backbone, device, method). Runs of different
 task versions are never averaged together, nor runs on different devices (their memory differs).
 A Pareto front of score vs peak training memory is marked within each (task, version, backbone,
-device), in the direction the task's score prefers. Exports Markdown, CSV (raw numbers) and LaTeX.
+device), in the direction the task's score prefers. Exports Markdown, CSV (raw numbers) and LaTeX, with
+the paper's layouts beside it: GLUE as Table 2, vision-language per task, MP-ISMoE's ablation rows as
+Tables 3 and 4 (``ablations.md``/``.tex``); ``main`` also rewrites the HTML page (``benchmark.page``).
 """
 from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -244,47 +247,250 @@ NOTES = ("Scores that are fractions (accuracy, F1, correlations) are in percent;
          "means (n = fewest seeds; memory = largest).")
 
 
-def to_markdown(df: pd.DataFrame) -> str:
-    """A Markdown table of the leaderboard (no ``tabulate`` needed) followed by a note on units."""
-    header, rows, numeric = _display_rows(df)
-
+def _md_table(header: list[str], rows: list[list[str]], numeric: list[bool]) -> str:
     def line(cells: list[str]) -> str:
         return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
 
     out = [line(header), "| " + " | ".join("---:" if n else "---" for n in numeric) + " |"]
-    out += [line(r) for r in rows]
-    return "\n".join(out) + "\n\n" + NOTES + "\n"
+    return "\n".join(out + [line(r) for r in rows]) + "\n"
+
+
+def to_markdown(df: pd.DataFrame) -> str:
+    """A Markdown table of the leaderboard (no ``tabulate`` needed) followed by a note on units."""
+    return _md_table(*_display_rows(df)) + "\n" + NOTES + "\n"
 
 
 _TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
         "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$", "★": r"$\star$",
-        "·": r"$\cdot$"}
+        "·": r"$\cdot$", "†": r"$^\dagger$", "Δ": r"$\Delta$", "×": r"$\times$", "—": "--"}
 
 
 def tex_escape(text: str) -> str:
     return "".join(_TEX.get(ch, ch) for ch in str(text))
 
 
+def _tex_table(header: list[str], rows: list[list[str]], numeric: list[bool]) -> str:
+    spec = "".join("r" if n else "l" for n in numeric)
+    out = [f"\\begin{{tabular}}{{{spec}}}", "\\hline", " & ".join(tex_escape(h) for h in header) + " \\\\",
+           "\\hline"]
+    out += [" & ".join(tex_escape(c) for c in r) + " \\\\" for r in rows]
+    return "\n".join(out + ["\\hline", "\\end{tabular}"]) + "\n"
+
+
 def to_latex(df: pd.DataFrame) -> str:
     """A LaTeX ``tabular`` (no packages beyond the kernel) of the same table as the Markdown."""
-    header, rows, numeric = _display_rows(df)
-    spec = "".join("r" if n else "l" for n in numeric)
-    out = [f"\\begin{{tabular}}{{{spec}}}", "\\hline", " & ".join(tex_escape(h) for h in header) + " \\\\", "\\hline"]
-    out += [" & ".join(tex_escape(c) for c in r) + " \\\\" for r in rows]
-    out += ["\\hline", "\\end{tabular}"]
-    return "\n".join(out) + "\n"
+    return _tex_table(*_display_rows(df))
+
+
+# --- paper-layout tables: GLUE (Table 2), vision-language, ablations (Tables 3 and 4) --------------
+@dataclass
+class Table:
+    """A titled table, rendered the same way to Markdown, LaTeX and HTML; ``data`` holds its raw numbers."""
+
+    title: str
+    header: list[str]
+    rows: list[list[str]]
+    numeric: list[bool]
+    notes: list[str] = field(default_factory=list)
+    data: pd.DataFrame | None = None
+
+    def markdown(self) -> str:
+        notes = "".join(f"\n{n}\n" for n in self.notes)
+        return f"### {self.title}\n\n" + _md_table(self.header, self.rows, self.numeric) + notes
+
+    def latex(self) -> str:
+        out = f"% {tex_escape(self.title)}\n" + _tex_table(self.header, self.rows, self.numeric)
+        if self.notes:
+            out += "\\par\\smallskip{\\footnotesize " + "\\par ".join(tex_escape(n) for n in self.notes) + "}\\par\n"
+        return out
+
+
+GLUE_NAMES = {"cola": "CoLA", "sst2": "SST-2", "mrpc": "MRPC", "qqp": "QQP", "mnli": "MNLI", "qnli": "QNLI",
+              "rte": "RTE", "stsb": "STS-B"}
+VL_FAMILY = "vl"
+VL_TASKS = ("vqa", "gqa", "nlvr2", "easy_vqa")
+VL_NAMES = {"vqa": "VQAv2", "gqa": "GQA", "nlvr2": "NLVR2", "easy_vqa": "easy_vqa"}
+ABLATIONS = (("Table 3", "ISMoE ablation, full-precision backbone", "table3-"),
+             ("Table 4", "GNP-IQ ablation (ISMoE on)", "table4-"))
+ABLATION_METHOD = "mpismoe"
+# (row without runs, row with the same configuration whose runs stand in for it)
+ABLATION_REUSE = (("table4-full-precision", "table3-moe-prior"),)
+
+
+# Rows in the paper's order (largest memory first, ours last); unknown methods after these, by name.
+METHOD_ORDER = ("full", "lora", "bitfit", "side_tuning", "lst", "unipt", "sherl", "mpismoe")
+
+
+def _method_key(label: str) -> tuple:
+    base, _, variant = str(label).partition("@")
+    return (METHOD_ORDER.index(base) if base in METHOD_ORDER else len(METHOD_ORDER), base, variant)
+
+
+def _pm(mean, std, scale: float = 100.0, digits: int = 1) -> str:
+    if _isnan(mean):
+        return ""
+    return f"{mean * scale:.{digits}f}" + ("" if _isnan(std) else f" ± {std * scale:.{digits}f}")
+
+
+def _signed(x: float, digits: int) -> str:
+    return f"{round(x, digits) + 0.0:+.{digits}f}"  # + 0.0: no "-0.00" from rounding noise
+
+
+def _task_table(df: pd.DataFrame, tasks: list[str], names: dict[str, str], title: str, avg_name: str,
+                every_column: bool = False) -> list[Table]:
+    """One row per method, one column per task (score x 100), per (backbone, device); ``every_column``
+    keeps a column for each of ``tasks`` even without results (a fixed layout, gaps visible).
+
+    Each task uses its newest version within the group, so versions never meet in a row or an average.
+    """
+    ablation = tuple(f"{ABLATION_METHOD}@{p}" for _, _, p in ABLATIONS)  # they have tables of their own
+    is_ablation = df["method"].astype(str).str.startswith(ablation)
+    sub = df[df["task"].isin(tasks) & ~is_ablation]
+    moved = "MP-ISMoE's ablation rows are in ablations.md. " if (df["task"].isin(tasks) & is_ablation).any() else ""
+    tables = []
+    for (backbone, device), g in sub.groupby(["backbone", "device"], sort=True):
+        newest = {t: int(g.loc[g["task"] == t, "task_version"].max()) for t in tasks if (g["task"] == t).any()}
+        cols = list(tasks) if every_column else list(newest)
+        keep = g[[newest[t] == v for t, v in zip(g["task"], g["task_version"])]]
+        older = g.loc[g.index.difference(keep.index)]
+        header = ["method", "params %", "peak train mem (GiB)"] + [names.get(t, t) for t in cols] + [avg_name, "n"]
+        rows, data = [], []
+        for method in sorted(keep["method"].unique(), key=_method_key):
+            m = keep[keep["method"] == method].set_index("task")
+            complete = all(t in m.index for t in cols)
+            avg = m.loc[cols, "score_mean"].mean() if complete else float("nan")
+            rows.append([method, f"{m['trainable_percent'].max():.2f}", f"{m['peak_train_gib'].max():.3f}"]
+                        + [_pm(m.at[t, "score_mean"], m.at[t, "score_std"]) if t in m.index else "" for t in cols]
+                        + [_pm(avg, None), str(int(m["n"].min()))])
+            rec = {"backbone": backbone, "device": device, "method": method, "n_min": int(m["n"].min()),
+                   "trainable_percent": m["trainable_percent"].max(),
+                   "peak_train_bytes": int(m["peak_train_bytes"].max()), "peak_train_gib": m["peak_train_gib"].max()}
+            for t in cols:
+                for k in ("mean", "std"):
+                    rec[f"{t}_{k}"] = m.at[t, f"score_{k}"] if t in m.index else float("nan")
+                rec[f"{t}_version"] = newest.get(t)
+            rec["avg_mean"] = avg
+            data.append(rec)
+        notes = [f"Scores × 100, mean ± sample std over seeds; n = fewest seeds over the tasks. Params % and "
+                 f"memory (peak training bytes / 1024^3) are the largest over the tasks. {avg_name}: mean over the "
+                 f"{len(cols)} task columns, only for a method with all of them. {moved}Task versions: "
+                 + ", ".join(f"{t} v{v}" for t, v in newest.items()) + "."]
+        if len(older):
+            notes.append("Older task versions left out of this table (see the leaderboard): "
+                         + ", ".join(sorted({f"{t} v{v}" for t, v in zip(older["task"], older["task_version"])})) + ".")
+        tables.append(Table(f"{title} — {backbone}, {device}", header, rows,
+                            [False] + [True] * (len(header) - 1), notes, pd.DataFrame(data)))
+    return tables
+
+
+def glue_tables(df: pd.DataFrame) -> list[Table]:
+    """The paper's Table 2 layout: method, params %, memory, the eight GLUE scores x 100, average."""
+    return _task_table(df[df["task_family"] == "glue"], list(GLUE_TASKS), GLUE_NAMES,
+                       "GLUE (paper Table 2 layout)", "Avg", every_column=True)
+
+
+def vl_tables(df: pd.DataFrame) -> list[Table]:
+    """Vision-language results (family "vl"): the paper's VQA/GQA/NLVR2 columns, then any other VL task."""
+    vl = df[df["task_family"] == VL_FAMILY]
+    tasks = [t for t in VL_TASKS if t in set(vl["task"])] + sorted(set(vl["task"]) - set(VL_TASKS))
+    return _task_table(vl, tasks, VL_NAMES, "Vision-language", "Avg")
+
+
+def _experiments() -> dict:
+    """MP-ISMoE's named rows (imported lazily: the methods package pulls in torch)."""
+    from methods.mpismoe.experiments import EXPERIMENTS
+
+    return EXPERIMENTS
+
+
+def ablation_tables(df: pd.DataFrame, experiments: dict | None = None) -> list[Table]:
+    """Paper Tables 3 and 4 from ``mpismoe@table3-*`` / ``mpismoe@table4-*`` rows, per task, version,
+    backbone and device; nothing when there are no such runs."""
+    prefixes = tuple(f"{ABLATION_METHOD}@{p}" for _, _, p in ABLATIONS)
+    ours = df[df["method"].astype(str).str.startswith(prefixes)]
+    if ours.empty:
+        return []
+    experiments = _experiments() if experiments is None else experiments
+    tables = []
+    for (task, version, backbone, device), g in ours.groupby(PARETO_GROUP, sort=True):
+        by_row = {m.split("@", 1)[1]: r for m, r in zip(g["method"], g.to_dict("records"))}
+        for number, what, prefix in ABLATIONS:
+            names = [n for n in experiments if n.startswith(prefix)]
+            if not any(n in by_row for n in names):
+                continue
+            rows, data, notes = [], [], []
+            first = None
+            for i, name in enumerate(names, 1):
+                r, shown = by_row.get(name), name
+                for row, twin in ABLATION_REUSE:
+                    if (name == row and r is None and twin in by_row
+                            and experiments[row].overrides == experiments[twin].overrides):
+                        r, shown = by_row[twin], f"{name} †"
+                        notes.append(f"† {row} has no runs of its own; it has the same configuration as {twin} "
+                                     f"(methods/mpismoe/experiments.py), whose runs are shown.")
+                about = re.sub(r"^Table \d+ row \d+:\s*", "", experiments[name].about)
+                if r is None:
+                    rows.append([str(i), shown, about, "no runs", "", "", ""])
+                    data.append({"row": i, "name": name, "about": about, "source": None})
+                    continue
+                if i == 1:
+                    first = r
+                percent = bool(r["higher_is_better"]) and -1.0 <= r["score_mean"] <= 1.0
+                scale = 100.0 if percent else 1.0
+                delta = i > 1 and first is not None
+                d_score = _signed((r["score_mean"] - first["score_mean"]) * scale, 2) if delta else ""
+                d_mem = _signed(r["peak_train_gib"] - first["peak_train_gib"], 3) if delta else ""
+                rows.append([str(i), shown, about, f"{_pm(r['score_mean'], r['score_std'], scale, 2)} ({r['n']})",
+                             d_score, f"{r['peak_train_gib']:.3f}", d_mem])
+                data.append({"row": i, "name": name, "about": about, "source": r["method"], "n": r["n"],
+                             "score_mean": r["score_mean"], "score_std": r["score_std"],
+                             "peak_train_bytes": r["peak_train_bytes"], "peak_train_gib": r["peak_train_gib"]})
+            notes.append("Score: test score (× 100 when a fraction), mean ± sample std (n seeds); memory: peak "
+                         "training bytes / 1024^3 (GiB); Δ = change from row 1.")
+            tables.append(Table(f"{number}: {what} — {task} v{version}, {backbone}, {device}",
+                                ["#", "row", "description", "score", "Δ score", "peak train mem (GiB)", "Δ mem (GiB)"],
+                                rows, [True, False, False, True, True, True, True], notes, pd.DataFrame(data)))
+    return tables
+
+
+def export_ablations(df: pd.DataFrame, out_dir: str | os.PathLike, tables: list[Table] | None = None) -> list[Path]:
+    """``ablations.md`` and ``ablations.tex`` next to the leaderboard; nothing when there are no ablation runs."""
+    tables = ablation_tables(df) if tables is None else tables
+    if not tables:
+        return []
+    head = "MP-ISMoE ablations (paper Tables 3 and 4), from the mpismoe@table3-* and mpismoe@table4-* runs."
+    out = Path(out_dir)
+    return [atomic_write_text(out / "ablations.md", f"# {head}\n\n" + "\n".join(t.markdown() for t in tables)),
+            atomic_write_text(out / "ablations.tex", f"% {tex_escape(head)}\n"
+                              + "\n".join(t.latex() for t in tables))]
 
 
 def export(df: pd.DataFrame, out_dir: str | os.PathLike, stem: str = "leaderboard") -> list[Path]:
-    """Write ``<stem>.md``, ``<stem>.csv`` (raw numbers) and ``<stem>.tex`` atomically; return their paths."""
+    """Write ``<stem>.md``, ``<stem>.csv`` (raw numbers) and ``<stem>.tex`` atomically; return their paths.
+
+    The Markdown and LaTeX files end with the GLUE (paper Table 2) and vision-language tables when such
+    results exist; their raw numbers go to ``<stem>_glue.csv`` / ``<stem>_vl.csv`` (a CSV holds one table).
+    """
     out = Path(out_dir)
-    return [atomic_write_text(out / f"{stem}.md", to_markdown(df)),
-            atomic_write_text(out / f"{stem}.csv", df.to_csv(index=False)),
-            atomic_write_text(out / f"{stem}.tex", to_latex(df))]
+    extra = {"glue": glue_tables(df), "vl": vl_tables(df)}
+    tables = [t for ts in extra.values() for t in ts]
+    md = to_markdown(df) + "".join("\n" + t.markdown() for t in tables)
+    tex = to_latex(df) + "".join("\n" + t.latex() for t in tables)
+    paths = [atomic_write_text(out / f"{stem}.md", md),
+             atomic_write_text(out / f"{stem}.csv", df.to_csv(index=False)),
+             atomic_write_text(out / f"{stem}.tex", tex)]
+    for name, ts in extra.items():
+        if ts:
+            data = pd.concat([t.data for t in ts], ignore_index=True)
+            paths.append(atomic_write_text(out / f"{stem}_{name}.csv", data.to_csv(index=False)))
+    return paths
 
 
 def main(results_dir: str | os.PathLike = "results", out_dir: str | os.PathLike | None = None) -> int:
-    """``python -m benchmark leaderboard``: load, build, print the report and the table, write the files."""
+    """``python -m benchmark leaderboard``: load, build, print the report and the table, write the tables,
+    the ablation tables and the HTML page (``<out_dir>/index.html``, embedding ``<out_dir>/figures``)."""
+    from benchmark.page import write_page
+
     records, problems = load_results(results_dir)
     df, report = build_leaderboard(records, problems)
     if df.empty:
@@ -295,6 +501,10 @@ def main(results_dir: str | os.PathLike = "results", out_dir: str | os.PathLike 
     print(report)
     print()
     print(to_markdown(df))
-    paths = export(df, out_dir if out_dir is not None else results_dir)
+    out = Path(out_dir if out_dir is not None else results_dir)
+    paths = export(df, out)
+    ablations = ablation_tables(df)
+    paths += export_ablations(df, out, ablations)
+    paths.append(write_page(results_dir, out / "index.html", df=df, report=report, ablations=ablations))
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0

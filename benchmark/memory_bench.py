@@ -20,7 +20,7 @@ DEFAULTS = {"backbone": "minilm", "task": "rotten_tomatoes", "batch_size": "32",
 COLUMNS = ["method", "variant", "peak_train_bytes", "peak_train_gib", "ratio_to_full", "weights", "grads",
            "optimizer", "activations", "other", "trainable_params", "backbone_storage_bytes", "step_seconds",
            "peak_source", "cuda_max_allocated", "cuda_max_reserved", "batch_size", "max_length", "precision",
-           "backbone", "device"]
+           "backbone", "device", "task"]
 
 
 def memory_rows() -> list[tuple[str, str, dict[str, str]]]:
@@ -62,7 +62,7 @@ def measure_one(overrides: dict[str, str]) -> dict:
     row = {"method": r.method, "variant": r.variant or r.method, **{k: s.get(k) for k in ("peak_train_bytes", "peak_source",
            "cuda_max_allocated", "cuda_max_reserved", "step_seconds", "device")},
            **s.get("memory_breakdown", {}), **parameter_counts(module, method),
-           "batch_size": r.batch_size, "max_length": r.max_length, "precision": r.precision, "backbone": r.backbone}
+           "batch_size": r.batch_size, "max_length": r.max_length, "precision": r.precision, "backbone": p.backbone_label, "task": r.task}
     print(MARK + json.dumps(row), flush=True)
     return row
 

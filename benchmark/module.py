@@ -11,9 +11,9 @@ from torch import nn
 from torchmetrics import MetricCollection
 
 from methods.base import Method
-from tasks.base import Task
+from tasks.base import METRIC_COLUMNS, Task
 
-INPUT_KEYS_EXCLUDED = ("labels",)
+INPUT_KEYS_EXCLUDED = ("labels", *METRIC_COLUMNS)
 
 
 class METLModule(L.LightningModule):
@@ -58,7 +58,8 @@ class METLModule(L.LightningModule):
 
     def _eval_step(self, batch, metrics: MetricCollection) -> None:
         logits = self(batch)
-        metrics.update(self.task.predictions(logits.float()), batch["labels"])
+        extra = {c: batch[c] for c in METRIC_COLUMNS if c in batch}  # e.g. NLVR2's sentence groups
+        metrics.update(self.task.predictions(logits.float()), batch["labels"], **extra)
 
     def _eval_end(self, metrics: MetricCollection, stage: str) -> dict[str, float]:
         values = {k.split("/", 1)[1]: v for k, v in metrics.compute().items()}  # synced over ranks

@@ -25,6 +25,12 @@ class Plan:
     method_cfg: object
     task: object
 
+    @property
+    def backbone_label(self) -> str:
+        """The backbone a result is filed under: the text backbone, plus the image encoder on VL tasks."""
+        r = self.run
+        return f"{r.backbone}+{r.vision}" if self.task.images_per_example else r.backbone
+
 
 def plan(overrides: dict[str, str]) -> Plan:
     """Resolve names and validate every value before anything is loaded or trained."""
@@ -39,6 +45,12 @@ def plan(overrides: dict[str, str]) -> Plan:
     method_cls = METHODS.get(probe.method)
     task = TASKS.get(probe.task)
     _resolve(probe.backbone)
+    if task.images_per_example:
+        from benchmark.vision import VISUAL_ENCODERS
+
+        vision = run_part.get("vision", RunConfig.vision)
+        if vision not in VISUAL_ENCODERS and not ("/" in vision or vision.startswith("hf:")):
+            VISUAL_ENCODERS.get(vision)  # the one-line unknown-name error, listing the valid ones
     run_vals, method_vals = split_overrides(overrides, RunConfig, method_cls.config_class)
     run = build(RunConfig, run_vals, "run")
     if run.variant:
@@ -75,8 +87,8 @@ def _loggers(p: Plan, run_dir: Path):
         r = p.run
         loggers.append(WandbLogger(project=r.wandb_project, save_dir=str(run_dir), offline=(mode == "offline"),
                                    group=f"{r.task}/{r.label}",
-                                   tags=[r.task, r.method, r.backbone] + ([r.variant] if r.variant else []),
-                                   name=f"{r.task}-{r.label}-{_slug(r.backbone)}-s{r.seed}",
+                                   tags=[r.task, r.method, p.backbone_label] + ([r.variant] if r.variant else []),
+                                   name=f"{r.task}-{r.label}-{_slug(p.backbone_label)}-s{r.seed}",
                                    config={"run": as_dict(r), "method": as_dict(p.method_cfg)}))
     return loggers
 
@@ -98,16 +110,33 @@ def build_components(p: Plan):
 
     r = p.run
     backbone = load_backbone(r.backbone, pooling=r.pooling or None)
+    image_features = None
+    if p.task.images_per_example:
+        backbone, image_features = vision_language(backbone, p)
     dm = TaskDataModule(p.task, backbone.tokenizer, max_length=r.max_length, batch_size=r.batch_size,
                         eval_batch_size=r.eval_batch_size, pad_to_max_length=r.pad_to_max_length,
                         data_dir=r.data_dir, limit_train_samples=r.limit_train_samples,
-                        limit_eval_samples=r.limit_eval_samples, seed=r.seed, num_workers=r.num_workers)
+                        limit_eval_samples=r.limit_eval_samples, seed=r.seed, num_workers=r.num_workers,
+                        image_features=image_features)
     dm.setup()  # data problems surface now, as one line, before any training
     method = p.method_cls(backbone, p.method_cfg)
     method.prepare(dm.train_dataloader(), p.task)
     module = METLModule(method, p.task, lr=p.method_cfg.lr, weight_decay=p.method_cfg.weight_decay,
                         warmup_steps=r.warmup_steps, head_dropout=p.method_cfg.head_dropout)
     return dm, method, module
+
+
+def vision_language(text_backbone, p: Plan):
+    """The text backbone with a visual adapter, and the cached-feature function of the image encoder."""
+    from benchmark.backbones.vl import VisionLanguageBackbone
+    from benchmark.vision import FeatureCache, default_cache_root, load_visual_encoder
+
+    r = p.run
+    encoder = load_visual_encoder(r.vision)
+    cache = FeatureCache(r.feature_cache or default_cache_root())
+    backbone = VisionLanguageBackbone(text_backbone, encoder_name=r.vision, feature_dim=encoder.feature_dim,
+                                      tokens=encoder.num_tokens, images=p.task.images_per_example)
+    return backbone, lambda paths: cache.features(encoder, paths, progress=r.progress)
 
 
 def parameter_counts(module, method) -> dict:
@@ -131,11 +160,12 @@ def execute(p: Plan) -> dict:
     r = p.run
     started = datetime.now(timezone.utc)
     t0 = time.time()
+    commit, dirty = results.git_info(REPO_ROOT)  # the code this run starts with, read before it trains
     L.seed_everything(r.seed, workers=True, verbose=False)
     dm, method, module = build_components(p)
 
     stamp = started.strftime("%Y%m%d-%H%M%S")
-    run_dir = REPO_ROOT / r.run_dir / r.task / _slug(r.label) / _slug(r.backbone) / f"seed{r.seed}-{stamp}"
+    run_dir = REPO_ROOT / r.run_dir / r.task / _slug(r.label) / _slug(p.backbone_label) / f"seed{r.seed}-{stamp}"
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt = ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), monitor="val/score",
                            mode="max" if p.task.higher_is_better else "min", save_top_k=1,
@@ -164,14 +194,13 @@ def execute(p: Plan) -> dict:
         "total_seconds": time.time() - t0, "batch_size": r.batch_size, "max_length": r.max_length,
         "precision": r.precision, "num_processes": trainer.world_size,
     })
-    commit, dirty = results.git_info(REPO_ROOT)
     wandb_id = next((lg.experiment.id for lg in loggers if type(lg).__name__ == "WandbLogger"), None)
     record = {
         "schema_version": results.SCHEMA_VERSION,
-        "run": {"id": f"{r.task}-{_slug(r.label)}-{_slug(r.backbone)}-s{r.seed}-{stamp}", "method": r.method,
+        "run": {"id": f"{r.task}-{_slug(r.label)}-{_slug(p.backbone_label)}-s{r.seed}-{stamp}", "method": r.method,
                 "variant": r.variant or None,
                 "task": r.task, "task_version": p.task.version, "task_family": p.task.family,
-                "backbone": r.backbone, "seed": r.seed, "status": "ok", "error": None, "git_commit": commit,
+                "backbone": p.backbone_label, "seed": r.seed, "status": "ok", "error": None, "git_commit": commit,
                 "git_dirty": dirty, "wandb_run_id": wandb_id,
                 "config": {"run": as_dict(r), "method": as_dict(p.method_cfg)},
                 "started_at": started.isoformat(), "finished_at": datetime.now(timezone.utc).isoformat()},
@@ -225,9 +254,9 @@ def _record_failure(p: Plan, exc: BaseException) -> None:
     commit, dirty = results.git_info(REPO_ROOT)
     record = {
         "schema_version": results.SCHEMA_VERSION,
-        "run": {"id": f"{r.task}-{_slug(r.label)}-{_slug(r.backbone)}-s{r.seed}-{status}", "method": r.method,
+        "run": {"id": f"{r.task}-{_slug(r.label)}-{_slug(p.backbone_label)}-s{r.seed}-{status}", "method": r.method,
                 "variant": r.variant or None,
-                "task": r.task, "task_version": p.task.version, "task_family": p.task.family, "backbone": r.backbone,
+                "task": r.task, "task_version": p.task.version, "task_family": p.task.family, "backbone": p.backbone_label,
                 "seed": r.seed, "status": status, "error": f"{type(exc).__name__}: {exc}"[:2000],
                 "git_commit": commit, "git_dirty": dirty, "wandb_run_id": None,
                 "config": {"run": as_dict(r), "method": as_dict(p.method_cfg)}, "started_at": now, "finished_at": now},

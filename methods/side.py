@@ -12,9 +12,13 @@ FROZEN_STATES = "__frozen_states__"  # a batch key: states computed once upstrea
 
 
 def frozen_hidden_states(backbone: Backbone, batch: dict[str, torch.Tensor]) -> tuple[list[torch.Tensor], LayerContext]:
-    """Embedding output and every layer's output of the frozen backbone, outside the autograd graph."""
+    """Embedding output and every layer's output of the frozen backbone; the layers run outside the
+    autograd graph. The embedding output keeps its graph where the embedding has trainable parts (the
+    vision-language backbone's visual adapter), so a side network that reads it trains them; with a
+    frozen text embedding it has no graph and costs nothing."""
     if FROZEN_STATES in batch:
         return batch[FROZEN_STATES]
+    embedded = backbone.embed(batch)
     with torch.no_grad():
-        states, ctx = backbone.hidden_states(batch)
-    return [s.detach() for s in states], ctx
+        states, ctx = backbone.hidden_states(batch, embedded=embedded.detach())
+    return [embedded] + [s.detach() for s in states[1:]], ctx

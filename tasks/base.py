@@ -4,6 +4,18 @@ the loading of its train / validation / test splits. The orchestrator only ever 
 Every task yields Hugging Face ``datasets.Dataset`` splits with the columns ``text_a``, optionally
 ``text_b``, and ``label`` (int class id, or float for regression). The reported number of a task is
 ``score``: the mean of the metrics named in ``score_of`` (e.g. MRPC = mean of accuracy and F1).
+
+Vision-language tasks (``images_per_example`` > 0) add ``images`` (a list of image paths per example);
+the data module turns them into cached visual features. A column ``group`` (NLVR2's sentence id) is
+passed to the metrics as the keyword ``group`` (a MetricCollection gives each metric only the keywords
+its ``update`` takes). Problems:
+
+- ``classification``: ``label`` is a class id; cross-entropy.
+- ``regression``: ``label`` is a float; MSE.
+- ``soft_multilabel`` (VQA): ``label`` is the ids of the annotators' answers (-1 = none) in the task's
+  answer table, whose first ``num_labels`` entries are the classes; the target of class a is the official
+  VQA accuracy of answering a (0.3 / 0.6 / 0.9 / 1.0 for 1 / 2 / 3 / >= 4 annotators), the loss binary
+  cross-entropy summed over classes (the VQA heads of LXMERT / VL-T5 / LST).
 """
 from __future__ import annotations
 
@@ -17,6 +29,8 @@ from torchmetrics import Metric
 from benchmark.registry import Registry
 
 SPLITS = ("train", "validation", "test")
+PROBLEMS = ("classification", "regression", "soft_multilabel")
+METRIC_COLUMNS = ("group",)  # example columns handed to the metrics as keywords, never to the model
 
 
 @dataclass(frozen=True)
@@ -47,6 +61,7 @@ class Task:
     label_names: tuple[str, ...] = ()
     about: str = ""
     extra: dict = field(default_factory=dict)
+    images_per_example: int = 0  # > 0: a vision-language task; the run adds a frozen image encoder
 
     primary = "score"
 
@@ -55,7 +70,7 @@ class Task:
         missing = set(self.score_of) - names
         if missing:
             raise ValueError(f"task {self.name}: score_of names unknown metrics {sorted(missing)}")
-        if self.problem not in ("classification", "regression"):
+        if self.problem not in PROBLEMS:
             raise ValueError(f"task {self.name}: unknown problem {self.problem!r}")
 
     @property
@@ -72,6 +87,9 @@ class Task:
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.problem == "regression":
             return F.mse_loss(logits.squeeze(-1), labels.float())
+        if self.problem == "soft_multilabel":
+            target = soft_scores(labels, logits.shape[-1])
+            return F.binary_cross_entropy_with_logits(logits, target, reduction="mean") * logits.shape[-1]
         return F.cross_entropy(logits, labels.long())
 
     def predictions(self, logits: torch.Tensor) -> torch.Tensor:
@@ -85,6 +103,19 @@ class Task:
 
     def score(self, values: dict[str, float | torch.Tensor]) -> torch.Tensor:
         return torch.stack([torch.as_tensor(values[n], dtype=torch.float32) for n in self.score_of]).mean()
+
+
+def soft_scores(answer_ids: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """[B, K] annotator answer ids (-1 = none; ids >= num_classes are answers outside the vocabulary)
+    -> [B, num_classes] official VQA accuracy of each class: with c of the 10 annotators giving it, the
+    mean over annotators of min(1, matches among the other nine / 3), i.e. 0.3, 0.6, 0.9, 1.0."""
+    ids = answer_ids.long()
+    valid = (ids >= 0) & (ids < num_classes)
+    counts = torch.zeros(ids.shape[0], num_classes + 1, device=ids.device)
+    counts.scatter_add_(1, torch.where(valid, ids, num_classes), valid.float())
+    c = counts[:, :num_classes]
+    n = (ids >= 0).sum(1, keepdim=True).clamp_min(1).float()  # annotators of the question (10 in VQAv2)
+    return (c * ((c - 1) / 3).clamp(max=1) + (n - c) * (c / 3).clamp(max=1)) / n
 
 
 TASKS: Registry[Task] = Registry("task", env_var="TASK")

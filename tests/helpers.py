@@ -22,7 +22,8 @@ def tiny_batch(backbone, n: int = 4, length: int = 12, num_labels: int = 2, seed
     return batch
 
 
-def build_module(method: str, backbone: str = "tiny-bert", task: Task | None = None, **cfg):
+def build_module(method: str, backbone: str = "tiny-bert", task: Task | None = None, wrap=None, **cfg):
+    """``wrap``: a function of the loaded backbone returning the backbone to use (e.g. a VL wrapper)."""
     import methods  # noqa: F401
     from benchmark.backbones import load_backbone
     from benchmark.module import METLModule
@@ -32,6 +33,8 @@ def build_module(method: str, backbone: str = "tiny-bert", task: Task | None = N
     cls = METHODS.get(method)
     config = cls.config_class(**cfg)
     bb = load_backbone(backbone)
+    if wrap is not None:
+        bb = wrap(bb)
     m = cls(bb, config)
     return METLModule(m, task or toy_task(), lr=config.lr, weight_decay=0.0, warmup_steps=0, head_dropout=0.0)
 

@@ -135,12 +135,17 @@ def test_glue_average_never_mixes_task_versions():
     assert "glue_avg" not in set(df["task"])
 
 
-def test_export_writes_three_files(results_dir, tmp_path):
+def test_export_writes_the_tables(results_dir, tmp_path):
     df, _ = build_leaderboard(*load_results(results_dir))
     paths = export(df, tmp_path / "out")
-    assert [p.name for p in paths] == ["leaderboard.md", "leaderboard.csv", "leaderboard.tex"]
-    md, csv, tex = (p.read_text() for p in paths)
+    # RTE is a GLUE task: its Table 2 layout rides along (raw numbers in a CSV of their own)
+    assert [p.name for p in paths] == ["leaderboard.md", "leaderboard.csv", "leaderboard.tex", "leaderboard_glue.csv"]
+    md, csv, tex, glue = (p.read_text() for p in paths)
     assert "lora" in md and "side_tuning" in md and "peak train mem (GiB)" in md
+    # the GLUE table takes RTE's newest version (v2) and names the one it leaves out
+    assert "### GLUE (paper Table 2 layout) — minilm, cpu: test" in md and "left out of this table" in md
+    assert "| lora | 1.00 | 1.863 |  |  |  |  |  |  | 72.0 ± 2.0 |" in md and "rte v1" in md
+    assert list(pd.read_csv(paths[3])["method"]) == ["lora", "side_tuning"]
     assert "72.00 ± 2.00 (3)" in md and "50.00 (1)" in md and "★" in md
     assert "1,000 (1.00 %)" in md and "1.863" in md  # 2,000,000,001 B = 1.863 GiB
     back = pd.read_csv(paths[1])
@@ -156,6 +161,9 @@ def test_main_prints_report_and_table_and_writes_files(results_dir, tmp_path, ca
     out = capsys.readouterr().out
     assert "1 failed" in out and "1 corrupt" in out and "| side_tuning |" in out.replace("|  ", "| ")
     assert (tmp_path / "out" / "leaderboard.md").exists()
+    page = (tmp_path / "out" / "index.html").read_text()
+    assert page.count("<tr data-task=") == 3 and "index.html" in out
+    assert not (tmp_path / "out" / "ablations.md").exists()  # no ablation runs: no ablation files
 
 
 def test_main_without_results_says_so_and_writes_nothing(tmp_path, capsys):
@@ -163,3 +171,94 @@ def test_main_without_results_says_so_and_writes_nothing(tmp_path, capsys):
     out = capsys.readouterr().out.strip()
     assert out == f"no results in {tmp_path}; run `make bench` first"
     assert not (tmp_path / "out").exists()
+
+
+# --- the paper's layouts ------------------------------------------------------------------------------
+def test_glue_table_in_the_papers_table2_layout():
+    old_rte = make_record(method="bitfit", task="rte", version=0, seed=0, score=0.99)
+    records = glue_records("lora", GLUE_TASKS) + glue_records("full", GLUE_TASKS[:3]) + [old_rte]
+    df, _ = build_leaderboard(records)
+    (table,) = leaderboard.glue_tables(df)
+    assert table.header == ["method", "params %", "peak train mem (GiB)", "CoLA", "SST-2", "MRPC", "QQP", "MNLI",
+                            "QNLI", "RTE", "STS-B", "Avg", "n"]
+    assert [r[0] for r in table.rows] == ["full", "lora"]  # the paper's order, not the alphabet; no bitfit v0
+    full, lora = table.rows
+    # glue_records: task i scores 0.5 + 0.05 i + 0.01 seed -> CoLA seeds .50 .51 .52: 51.0 ± 1.0 (x 100)
+    assert lora[3] == "51.0 ± 1.0" and lora[10] == "85.5 ± 0.7"  # STS-B: two seeds, .85 .86
+    assert lora[11] == f"{100 * df[(df.method == 'lora') & df.task.isin(GLUE_TASKS)].score_mean.mean():.1f}"
+    assert lora[12] == "2" and lora[1] == "1.00" and lora[2] == f"{8_000_000 / GIB:.3f}"  # largest memory
+    assert full[5] == "61.0 ± 1.0" and full[6:11] == [""] * 5 and full[11] == ""  # no average without all 8
+    assert "rte v0" in " ".join(table.notes)  # the older version is named, never mixed in
+    data = table.data.set_index("method")
+    assert data.at["lora", "cola_mean"] == pytest.approx(0.51) and data.at["lora", "rte_version"] == 1
+    md = leaderboard.to_markdown(df) + table.markdown()
+    assert "| method | params % | peak train mem (GiB) | CoLA |" in md
+    assert "STS-B" in table.latex() and "\\pm" in table.latex()
+
+
+def test_vision_language_table_when_vl_results_exist(tmp_path):
+    records = [make_record(method="lst", task="vqa", family="vl", score=0.60),
+               make_record(method="lst", task="easy_vqa", family="vl", score=0.90),
+               make_record(method="sherl", task="gqa", family="vl", score=0.50)]
+    df, _ = build_leaderboard(records)
+    (table,) = leaderboard.vl_tables(df)
+    assert table.header[3:6] == ["VQAv2", "GQA", "easy_vqa"] and [r[0] for r in table.rows] == ["lst", "sherl"]
+    assert table.rows[0][3:6] == ["60.0", "", "90.0"]
+    names = [p.name for p in export(df, tmp_path)]
+    assert "leaderboard_vl.csv" in names and "leaderboard_glue.csv" not in names
+    assert "### Vision-language" in (tmp_path / "leaderboard.md").read_text()
+    assert leaderboard.glue_tables(df) == []
+
+
+def ablation_records(rows):
+    out = []
+    for name, scores, peak in rows:
+        for seed, score in enumerate(scores):
+            rec = make_record(method="mpismoe", task="rte", seed=seed, score=score, peak=peak)
+            rec["run"]["variant"] = name
+            out.append(rec)
+    return out
+
+
+def test_ablation_tables_3_and_4_with_the_full_precision_row_reused(tmp_path):
+    from methods.mpismoe.experiments import EXPERIMENTS
+
+    records = ablation_records([("table3-base", [0.70, 0.72, 0.74], 2 * GIB),
+                                ("table3-moe-no-prior", [0.71, 0.73], 3 * GIB),
+                                ("table3-moe-prior", [0.74, 0.75, 0.76], 4 * GIB),
+                                ("table4-mixed-noise", [0.73], GIB)])
+    records += glue_records("lora", ["rte"])
+    df, _ = build_leaderboard(records)
+    t3, t4 = leaderboard.ablation_tables(df)
+    assert t3.title.startswith("Table 3") and "rte v1" in t3.title and t4.title.startswith("Table 4")
+    assert [r[1] for r in t3.rows] == ["table3-base", "table3-moe-no-prior", "table3-moe-prior"]
+    base, no_prior, prior = t3.rows
+    assert base[2] == EXPERIMENTS["table3-base"].about.split(": ", 1)[1]  # "Table 3 row 1: " dropped
+    assert base[3] == "72.00 ± 2.00 (3)" and base[5] == "2.000" and base[4] == ""
+    assert no_prior[3] == "72.00 ± 1.41 (2)" and no_prior[4] == "+0.00" and no_prior[6] == "+1.000"
+    assert prior[3] == "75.00 ± 1.00 (3)" and prior[4] == "+3.00"
+    # Table 4 row 1 has no runs: table3-moe-prior's (same config) stand in, with a footnote
+    assert t4.rows[0][1] == "table4-full-precision †" and t4.rows[0][3] == prior[3]
+    assert any("table4-full-precision has no runs of its own" in n and "table3-moe-prior" in n for n in t4.notes)
+    assert t4.rows[1][3] == "no runs" and t4.rows[3][3] == "73.00 (1)" and t4.rows[3][6] == "-3.000"
+    assert "mpismoe@table3-base" not in set(leaderboard.glue_tables(df)[0].data["method"])  # own table only
+
+    paths = leaderboard.export_ablations(df, tmp_path)
+    assert [p.name for p in paths] == ["ablations.md", "ablations.tex"]
+    md, tex = (p.read_text() for p in paths)
+    assert "### Table 3" in md and "### Table 4" in md and "† table4-full-precision has no runs" in md
+    assert "\\begin{tabular}" in tex and "$^\\dagger$" in tex and "table3\\_" not in tex  # no stray escapes
+
+
+def test_ablation_row_with_runs_of_its_own_is_not_replaced(tmp_path):
+    records = ablation_records([("table3-moe-prior", [0.74], GIB), ("table4-full-precision", [0.60], GIB)])
+    df, _ = build_leaderboard(records)
+    t3, t4 = leaderboard.ablation_tables(df)
+    assert t4.rows[0][1] == "table4-full-precision" and t4.rows[0][3] == "60.00 (1)"
+    assert not any("†" in n for n in t4.notes)
+
+
+def test_no_ablation_runs_no_ablation_files(tmp_path):
+    df, _ = build_leaderboard(glue_records("lora", ["rte"]))
+    assert leaderboard.ablation_tables(df) == [] and leaderboard.export_ablations(df, tmp_path) == []
+    assert list(tmp_path.iterdir()) == []

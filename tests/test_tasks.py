@@ -402,3 +402,15 @@ def test_rotten_tomatoes_corrupt_or_missing_file_is_one_line(tmp_path, content):
         path.write_bytes(content)
     msg = rotten_error(DataOptions(data_dir=str(path)))
     assert str(path) in msg and ("corrupt" in msg or "not found" in msg)
+
+
+def test_vqa_soft_scores_are_the_official_accuracy_of_each_answer():
+    from tasks.base import soft_scores
+
+    # 10 annotators: answer 0 x1, answer 1 x2, answer 2 x3, answer 3 x4; answer 4 (not a class) the rest
+    ids = torch.tensor([[0, 1, 1, 2, 2, 2, 3, 3, 3, 3], [4, 4, 4, 4, 4, 4, 4, 4, 4, 4]])
+    target = soft_scores(ids, num_classes=4)
+    assert torch.allclose(target[0], torch.tensor([0.3, 0.6, 0.9, 1.0]))
+    assert torch.equal(target[1], torch.zeros(4))
+    # fewer annotators (-1 = none): the same leave-one-out mean over those present
+    assert torch.allclose(soft_scores(torch.tensor([[0, 0, -1]]), 1), torch.tensor([[1 / 3]]))

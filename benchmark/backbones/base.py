@@ -148,9 +148,11 @@ class Backbone(nn.Module):
     def finish(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.family.finish(self.model, hidden)
 
-    def hidden_states(self, batch: dict[str, torch.Tensor]) -> tuple[list[torch.Tensor], LayerContext]:
-        """Embedding output followed by every layer's output (the last one after ``finish``)."""
-        hidden = self.embed(batch)
+    def hidden_states(self, batch: dict[str, torch.Tensor],
+                      embedded: torch.Tensor | None = None) -> tuple[list[torch.Tensor], LayerContext]:
+        """Embedding output (``embedded`` if given) followed by every layer's output (the last one after
+        ``finish``)."""
+        hidden = self.embed(batch) if embedded is None else embedded
         ctx = self.layer_context(batch["attention_mask"], hidden.dtype)
         states = [hidden]
         layers = self.layers
