@@ -144,8 +144,8 @@ def memory_breakdown_figure(rows: pd.DataFrame) -> Figure:
     source = ", ".join(sorted({str(s) for s in rows.get("peak_source", pd.Series(dtype=str)).dropna()}))
     ax.set_xlabel("peak training memory (GiB)")
     ax.set_ylabel("method (or method@variant)")
-    ax.set_title(f"Memory at the training peak: {r0['backbone']}, batch {r0['batch_size']}, length "
-                 f"{r0['max_length']}, {r0['precision']}\n{r0['device']}" + (f" (source: {source})" if source else ""),
+    ax.set_title(f"Memory at the training peak: {r0['backbone']}\nbatch {r0['batch_size']}, length "
+                 f"{r0['max_length']}, {r0['precision']}, {r0['device']}" + (f" ({source})" if source else ""),
                  fontsize=10)
     ax.margins(x=0.12)
     ax.grid(True, axis="x", alpha=0.25)
