@@ -81,8 +81,18 @@ class TaskDataModule(L.LightningDataModule):
         return batch
 
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
-        return DataLoader(self.splits[split], batch_size=batch_size, shuffle=shuffle, collate_fn=self.collate,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+        sampler = None
+        trainer = getattr(self, "trainer", None)
+        if split != "train" and trainer is not None and trainer.world_size > 1:
+            # every example evaluated exactly once over the ranks (Lightning's default sampler pads the
+            # last ranks with repeated examples, which would count them twice in the metrics)
+            from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+
+            sampler = UnrepeatedDistributedSampler(self.splits[split], num_replicas=trainer.world_size,
+                                                   rank=trainer.global_rank, shuffle=False)
+        return DataLoader(self.splits[split], batch_size=batch_size, shuffle=shuffle and sampler is None,
+                          sampler=sampler, collate_fn=self.collate, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self):
         return self._loader("train", self.batch_size, shuffle=True)

@@ -389,6 +389,10 @@ def device_name(device: torch.device | str | None = None) -> str:
     return "cpu: " + (platform.processor() or platform.machine() or "unknown")
 
 
+def pl_module_device(trainer) -> torch.device:
+    return trainer.strategy.root_device
+
+
 class MemoryMeter(_Callback):
     """Peak *training* memory and time per step of a Lightning fit.
 
@@ -421,6 +425,7 @@ class MemoryMeter(_Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         self._device = torch.device(pl_module.device)
         self._training, self._in_val = True, False
+        self._ranks_peak = None
         self._batches, self._step_s, self._rates, self._t0 = 0, [], [], None
         if self._cuda:
             torch.cuda.reset_peak_memory_stats(self._device)
@@ -471,6 +476,23 @@ class MemoryMeter(_Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._finish()
+        if trainer.world_size > 1:
+            self._take_largest_rank(trainer)
+
+    def _take_largest_rank(self, trainer) -> None:
+        """Several processes: every rank keeps the figures of the rank with the largest peak, so the
+        record (written by rank 0) holds the largest peak over ranks. Every rank reaches here."""
+        tracked = self.tracker is not None
+        mine = [self._cuda_alloc or 0, self._cuda_reserved or 0, self.tracker.peak_bytes if tracked else 0,
+                *((self.tracker.peak_breakdown.get(c) or 0) for c in CATEGORIES)] if tracked else \
+            [self._cuda_alloc or 0, self._cuda_reserved or 0, 0, *(0 for _ in CATEGORIES)]
+        rows = trainer.strategy.all_gather(torch.tensor(mine, dtype=torch.float64, device=pl_module_device(trainer)))
+        rows = rows.reshape(trainer.world_size, -1).cpu()
+        key = 0 if self._cuda else 2
+        best = rows[int(rows[:, key].argmax())].tolist()
+        self._cuda_alloc = int(rows[:, 0].max()) if self._cuda else None
+        self._cuda_reserved = int(rows[:, 1].max()) if self._cuda else None
+        self._ranks_peak = (int(best[2]), {c: int(v) for c, v in zip(CATEGORIES, best[3:])}) if tracked else None
 
     def on_exception(self, trainer, pl_module, exception) -> None:
         try:
@@ -508,6 +530,9 @@ class MemoryMeter(_Callback):
             self._read_cuda()  # read while training still runs: include the current peak
         tracked = self.tracker is not None
         tracker_peak = self.tracker.peak_bytes if tracked else None
+        breakdown = self.tracker.peak_breakdown if tracked else dict.fromkeys(CATEGORIES)
+        if getattr(self, "_ranks_peak", None) is not None:  # several processes: the largest rank's figures
+            tracker_peak, breakdown = self._ranks_peak
         if self._cuda:
             peak, source = self._cuda_alloc, "cuda_max_allocated"
         else:
@@ -515,7 +540,7 @@ class MemoryMeter(_Callback):
         return {
             "peak_train_bytes": peak,
             "peak_source": source,
-            "memory_breakdown": self.tracker.peak_breakdown if tracked else dict.fromkeys(CATEGORIES),
+            "memory_breakdown": breakdown,
             "tracker_peak_bytes": tracker_peak,
             "cuda_max_allocated": self._cuda_alloc if self._cuda else None,
             "cuda_max_reserved": self._cuda_reserved if self._cuda else None,

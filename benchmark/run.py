@@ -184,6 +184,9 @@ def execute(p: Plan) -> dict:
         warnings.filterwarnings("ignore", ".*module\\(s\\) in eval mode.*")  # the frozen backbone, on purpose
         warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
         warnings.filterwarnings("ignore", ".*LeafSpec.*")
+        # metrics are torchmetrics objects, synced over ranks in compute(); the logged values are global
+        warnings.filterwarnings("ignore", ".*when logging on epoch level in distributed setting.*")
+        warnings.filterwarnings("ignore", ".*it is recommended to use `Trainer\\(devices=1.*")
         trainer.fit(module, datamodule=dm)
         trainer.test(module, datamodule=dm, ckpt_path=ckpt.best_model_path or None, verbose=False)
 

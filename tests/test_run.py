@@ -89,3 +89,26 @@ def test_a_crashing_run_is_recorded_as_failed_outside_the_results(dirs, tmp_path
     assert problems == [] and [r["run"]["status"] for r in recs] == ["failed"]
     assert "simulated crash" in recs[0]["run"]["error"]
     assert results.load_results(tmp_path / "results") == ([], [])  # the leaderboard sees nothing
+
+
+def test_two_processes_write_one_record_with_the_largest_peak(tmp_path):
+    """DDP on CPU (gloo), as `make bench ARGS="devices=2 strategy=ddp"` runs it: one JSON (rank 0), the
+    metrics reduced over both ranks with every test example counted once (127 = an odd split)."""
+    import os
+    import subprocess
+    import sys
+
+    args = [sys.executable, "-m", "benchmark", "run", "--quick", "method=lst", "backbone=tiny-bert", "devices=2",
+            "strategy=ddp", "accelerator=cpu", "progress=false", "limit_eval_samples=127",
+            f"results_dir={tmp_path / 'results'}", f"run_dir={tmp_path / 'runs'}", "fisher_samples=8"]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    files = list((tmp_path / "results").rglob("seed0.json"))
+    assert len(files) == 1
+    rec = json.loads(files[0].read_text())
+    eff = rec["efficiency"]
+    assert eff["num_processes"] == 2 and eff["peak_train_bytes"] > 0
+    assert eff["peak_train_bytes"] == eff["tracker_peak_bytes"] == sum(eff["memory_breakdown"].values())
+    correct = rec["metrics"]["test"]["acc"] * 127
+    assert abs(correct - round(correct)) < 1e-3  # a whole number of the 127 examples: none counted twice
