@@ -476,7 +476,7 @@ class MemoryMeter(_Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._finish()
-        if trainer.world_size > 1:
+        if getattr(trainer, "world_size", 1) > 1:
             self._take_largest_rank(trainer)
 
     def _take_largest_rank(self, trainer) -> None:
