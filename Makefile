@@ -12,6 +12,7 @@ SEEDS ?= 0
 BACKBONE ?= minilm
 QUICK ?=
 ARGS ?=
+PREDICT ?=
 GLUE_DIR ?=
 DATA_DIR ?= $(GLUE_DIR)
 BATCH ?= 32
@@ -19,7 +20,7 @@ LEN ?= 128
 
 RUN_ARGS = method=$(METHOD) task=$(TASK) backbone=$(BACKBONE) $(if $(DATA_DIR),data_dir=$(DATA_DIR)) $(ARGS)
 
-.PHONY: help setup bench test leaderboard figures browser list memory quant-report clean
+.PHONY: help setup bench test leaderboard figures browser list memory memory-compare-cuda quant-report clean
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -56,8 +57,11 @@ browser: ## install Debian's chromium (for the leaderboard page test; needs root
 list: setup ## registered methods, tasks and backbones
 	@$(PY) -m benchmark list
 
-memory: setup ## peak training memory of every method (BACKBONE, BATCH, LEN, TASK) -> results/memory[-TASK].csv
-	$(PY) -m benchmark memory task=$(TASK) backbone=$(BACKBONE) batch_size=$(BATCH) max_length=$(LEN) $(ARGS)
+memory: setup ## peak training memory of every method (BACKBONE BATCH LEN TASK) -> results/memory[-TASK].csv; PREDICT=1: predicted on fake tensors, no GPU -> results/memory_predicted.csv
+	$(PY) -m $(if $(PREDICT),benchmark.predict,benchmark memory) task=$(TASK) backbone=$(BACKBONE) batch_size=$(BATCH) max_length=$(LEN) $(ARGS)
+
+memory-compare-cuda: setup ## on a CUDA GPU: predicted vs max_memory_allocated per method (BACKBONE BATCH LEN)
+	$(PY) -m benchmark.predict --compare-cuda task=$(TASK) backbone=$(BACKBONE) batch_size=$(BATCH) max_length=$(LEN) $(ARGS)
 
 quant-report: setup ## GNP-IQ vs round-to-nearest (and HQQ/NF4 if installed) on MiniLM -> results/quantization.csv
 	$(PY) -m benchmark.quant_report

@@ -38,6 +38,7 @@ Choices where the paper is silent (all arguments of ``gnpiq_quantize``):
 from __future__ import annotations
 
 import math
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -239,6 +240,34 @@ def quant_error(w: torch.Tensor, qt: QuantizedTensor) -> float:
 # ---------------------------------------------------------------------------------------------
 # quantizers
 # ---------------------------------------------------------------------------------------------
+_SHAPE_ONLY = threading.local()
+
+
+@contextmanager
+def shape_only():
+    """Within: ``rtn_quantize`` and ``gnpiq_quantize`` skip the fit and return zero codes, scales and
+    zeros with the dtypes, shapes and packed layout of a real result. For memory prediction under
+    ``FakeTensorMode``, where no fit can run (it reads values) and only storage sizes matter."""
+    prev = getattr(_SHAPE_ONLY, "on", False)
+    _SHAPE_ONLY.on = True
+    try:
+        yield
+    finally:
+        _SHAPE_ONLY.on = prev
+
+
+def _shape_only_result(w: torch.Tensor, bits: int, group_size: int, scale_dtype: torch.dtype,
+                       method: str) -> QuantizedTensor:
+    rows = w.shape[0] if w.dim() != 1 else 1
+    cols = w.numel() // max(rows, 1)
+    g = _effective_group(cols, group_size)
+    ngroups = -(-cols // g)
+    return QuantizedTensor(torch.zeros(packed_nbytes(rows * ngroups * g, bits), dtype=torch.uint8, device=w.device),
+                           torch.zeros(rows, ngroups, dtype=scale_dtype, device=w.device),
+                           torch.zeros(rows, ngroups, dtype=scale_dtype, device=w.device),
+                           (rows, cols), bits, g, method)
+
+
 def _effective_group(cols: int, group_size: int) -> int:
     """The group length used: ``group_size``, or the whole row for 0 / -1 or a row shorter than it."""
     if group_size in (0, -1):
@@ -378,6 +407,8 @@ def rtn_quantize(w: torch.Tensor, bits: int, group_size: int = DEFAULT_GROUP_SIZ
     _check_bits(bits)
     if scale_dtype not in SCALE_DTYPES:
         raise ValueError(f"scale_dtype must be one of {SCALE_DTYPES}")
+    if getattr(_SHAPE_ONLY, "on", False):
+        return _shape_only_result(w, bits, group_size, scale_dtype, "rtn")
     with _one_intraop_thread(w.device):
         wg, _, shape, g = _grouped(w, group_size)
         s, z = _minmax(wg, bits, scale_dtype)
@@ -424,6 +455,8 @@ def gnpiq_quantize(w: torch.Tensor, bits: int, group_size: int = DEFAULT_GROUP_S
     cfg = settings or GNPIQSettings()
     if overrides:
         cfg = GNPIQSettings(**{**cfg.__dict__, **overrides})
+    if getattr(_SHAPE_ONLY, "on", False):
+        return _shape_only_result(w, bits, group_size, scale_dtype, "gnpiq")
     with _one_intraop_thread(w.device):
         return _gnpiq(w, bits, group_size, cfg, scale_dtype)
 

@@ -1,0 +1,90 @@
+"""Memory prediction under FakeTensorMode: the predicted peak must be the peak the same steps reach with
+real tensors (tiny models, CPU), for every registered method."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import methods  # noqa: F401  (registers)
+from benchmark.memory import CATEGORIES
+from benchmark.memory_bench import COLUMNS
+from benchmark.predict import FakeUnsupported, _data_dependent_policy, backbone_config, build_backbone, main, simulate
+from methods.base import METHODS
+
+TINY = {"batch_size": "4", "max_length": "16", "target": "cpu", "steps": "2"}
+ROWS = [(bb, m, "") for bb in ("tiny-bert", "tiny-t5") for m in METHODS.names()]
+ROWS += [("tiny-bert", "mpismoe", "mpismoe-4bit")]
+_RUNS: dict[tuple, tuple[dict, dict]] = {}
+
+
+def predicted_and_real(backbone: str, method: str, variant: str = "") -> tuple[dict, dict]:
+    key = (backbone, method, variant)
+    if key not in _RUNS:
+        overrides = {**TINY, "backbone": backbone, "method": method, "variant": variant}
+        _RUNS[key] = simulate(overrides, fake=True), simulate(overrides, fake=False)
+    return _RUNS[key]
+
+
+@pytest.mark.parametrize("backbone,method,variant", ROWS, ids=[f"{b}-{v or m}" for b, m, v in ROWS])
+def test_predicted_peak_matches_real_tracker(backbone, method, variant):
+    predicted, real = predicted_and_real(backbone, method, variant)
+    assert abs(predicted["peak_train_bytes"] / real["peak_train_bytes"] - 1) <= 0.05
+    for cat in CATEGORIES:  # the breakdown too (activations are small next to the vocabulary here)
+        assert abs(predicted[cat] - real[cat]) <= max(0.05 * real[cat], 8192), cat
+    assert predicted["backbone_storage_bytes"] == real["backbone_storage_bytes"]
+    assert predicted["trainable_params"] == real["trainable_params"]
+
+
+def test_quantized_backbone_reports_packed_bytes():
+    """Shape-only GNP-IQ under fake tensors keeps the packed layout: 4 bits store less than 8 < fp32 / 3."""
+    eight, four, fp32 = (predicted_and_real("tiny-bert", m, v)[0]["backbone_storage_bytes"]
+                         for m, v in (("mpismoe", ""), ("mpismoe", "mpismoe-4bit"), ("sherl", "")))
+    assert four < eight < fp32 / 3
+    assert "balanced MoE routing" in predicted_and_real("tiny-bert", "mpismoe")[0]["notes"]
+
+
+def test_data_dependent_op_fails_with_one_line_reason():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode(), _data_dependent_policy():
+        x = torch.empty(8)
+        with pytest.raises(FakeUnsupported, match=r"_local_scalar_dense.*depends on tensor values.*test_predict"):
+            float(x.sum())
+        with pytest.raises(FakeUnsupported, match=r"nonzero.*output shape depends on tensor values"):
+            (x > 0).nonzero()
+
+
+def test_backbones_from_shipped_configs_or_a_path(tmp_path):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    expected = {"t5-base": 109_628_544, "bert-base-uncased": 108_891_648}  # encoders, no pooler
+    for name, n in expected.items():
+        label, config, _ = backbone_config(name)
+        with FakeTensorMode():
+            assert sum(p.numel() for p in build_backbone(config, label, "cls").model.parameters()) == n
+    (tmp_path / "config.json").write_text('{"model_type": "bert", "hidden_size": 64, "num_hidden_layers": 1, '
+                                          '"num_attention_heads": 2, "intermediate_size": 128}')
+    label, config, pooling = backbone_config(str(tmp_path / "config.json"))
+    assert config.hidden_size == 64 and pooling == "cls"
+
+
+def test_cli_one_process_per_row_writes_memory_columns(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("METL_PREDICT_START", "fork")  # the default process server costs ~10 s of imports
+    out = tmp_path / "predicted.csv"
+    rc = main(["backbone=tiny-t5", "batch_size=4", "max_length=16", "target=cpu", "steps=2", "methods=full,lora",
+               f"out={out}", "jobs=2"])
+    assert rc == 0
+    import pandas as pd
+
+    df = pd.read_csv(out)
+    assert set(COLUMNS) <= set(df.columns) and set(df["source"]) == {"predicted"}
+    assert list(df["variant"]) == ["full", "lora"] and df["ratio_to_full"].iloc[0] == 1.0
+    assert "GiB = 1024^3" in capsys.readouterr().out
+
+
+def test_compare_cuda_without_a_gpu_is_one_line(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    assert main(["--compare-cuda", "backbone=tiny-bert"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "needs a CUDA device" in err[0]
