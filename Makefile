@@ -13,6 +13,7 @@ BACKBONE ?= minilm
 QUICK ?=
 ARGS ?=
 PREDICT ?=
+BUDGET ?= 8GiB
 GLUE_DIR ?=
 DATA_DIR ?= $(GLUE_DIR)
 BATCH ?= 32
@@ -20,7 +21,7 @@ LEN ?= 128
 
 RUN_ARGS = method=$(METHOD) task=$(TASK) backbone=$(BACKBONE) $(if $(DATA_DIR),data_dir=$(DATA_DIR)) $(ARGS)
 
-.PHONY: help setup bench test leaderboard figures browser list memory memory-compare-cuda quant-report clean
+.PHONY: help setup bench test leaderboard figures browser list memory memory-compare-cuda advise quant-report clean
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -59,6 +60,9 @@ list: setup ## registered methods, tasks and backbones
 
 memory: setup ## peak training memory of every method (BACKBONE BATCH LEN TASK) -> results/memory[-TASK].csv; PREDICT=1: predicted on fake tensors, no GPU -> results/memory_predicted.csv
 	$(PY) -m $(if $(PREDICT),benchmark.predict,benchmark memory) task=$(TASK) backbone=$(BACKBONE) batch_size=$(BATCH) max_length=$(LEN) $(ARGS)
+
+advise: setup ## methods that fit BUDGET at BACKBONE/BATCH/LEN (predicted), best accuracy on TASK first
+	$(PY) -m benchmark.advise budget=$(BUDGET) backbone=$(BACKBONE) batch_size=$(BATCH) max_length=$(LEN) task=$(TASK)
 
 memory-compare-cuda: setup ## on a CUDA GPU: predicted vs max_memory_allocated per method (BACKBONE BATCH LEN)
 	$(PY) -m benchmark.predict --compare-cuda task=$(TASK) backbone=$(BACKBONE) batch_size=$(BATCH) max_length=$(LEN) $(ARGS)

@@ -1,0 +1,167 @@
+"""``make advise BUDGET=8GiB BACKBONE=t5-base BATCH=100 LEN=128 [TASK=...]``: which method fits a memory
+budget, and which of those is most accurate, before any run.
+
+Peaks are the fake-tensor predictions of ``benchmark.predict`` (read from ``results/memory_predicted.csv``
+when it holds this configuration, else predicted now and kept under ``results/tmp/``). Accuracy comes
+from the leaderboard of the committed results, for the task and backbone asked; a method with no
+result there is listed without one. Order: methods that fit first, the most accurate first, then by
+peak; ``*`` marks the Pareto choices (no other fitting method is at least as accurate with less memory).
+"""
+from __future__ import annotations
+
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from benchmark.errors import UserError
+
+UNITS = {"b": 1, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "kb": 10**3, "mb": 10**6, "gb": 10**9,
+         "tb": 10**12}
+
+
+def parse_budget(text: str) -> int:
+    """'8GiB' -> bytes. GiB/MiB are powers of 1024, GB/MB powers of 1000; a bare number is GiB."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
+    unit = (m.group(2).lower() or "gib") if m else ""
+    if not m or unit not in UNITS:
+        raise UserError(f"bad budget {text!r}: write a size such as BUDGET=8GiB (GiB = 1024^3 bytes, GB = 10^9)")
+    return int(float(m.group(1)) * UNITS[unit])
+
+
+def _label(method: str, variant: str) -> str:
+    return method if not variant or variant == method else f"{method}@{variant}"
+
+
+def predicted(backbone: str, batch: int, length: int, precision: str, results_dir: Path):
+    """Rows of a prediction for this configuration: the committed table if it matches, else a new one."""
+    import pandas as pd
+
+    def matching(path: Path):
+        if not path.is_file():
+            return None
+        df = pd.read_csv(path)
+        df = df[(df["backbone"].astype(str) == backbone) & (df["batch_size"] == batch)
+                & (df["max_length"] == length) & (df["precision"].astype(str) == precision)]
+        return df if len(df) else None
+
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", f"{backbone}-b{batch}-l{length}-{precision}")
+    cached = results_dir / "tmp" / f"memory_predicted-{slug}.csv"
+    for path in (results_dir / "memory_predicted.csv", cached):
+        df = matching(path)
+        if df is not None:
+            return df, path
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    print(f"predicting every method at {backbone}, batch {batch}, length {length}, {precision} "
+          f"(fake tensors, a few minutes) ...", file=sys.stderr, flush=True)
+    proc = subprocess.run([sys.executable, "-m", "benchmark.predict", f"backbone={backbone}", f"batch_size={batch}",
+                           f"max_length={length}", f"precision={precision}", f"out={cached}"],
+                          stdout=subprocess.DEVNULL)
+    if proc.returncode == 2:
+        raise UserError("the prediction refused its input (see the line above)")
+    df = matching(cached)
+    if df is None:
+        raise UserError(f"the prediction wrote no rows for {backbone}; run `python -m benchmark.predict "
+                        f"backbone={backbone}` to see why")
+    return df, cached
+
+
+def accuracy(task: str, backbone: str, results_dir: Path) -> dict[str, tuple[float, float, int]]:
+    """label -> (mean, std, n) test score (percent where the score is a fraction) for task and backbone."""
+    if not task:
+        return {}
+    from benchmark.leaderboard import build_leaderboard
+    from benchmark.results import load_results
+
+    df, _ = build_leaderboard(*load_results(results_dir))
+    if df.empty:
+        return {}
+    rows = df[(df["task"] == task) & (df["backbone"] == backbone)]
+    if rows.empty:
+        return {}
+    rows = rows[rows["task_version"] == rows["task_version"].max()]
+    out = {}
+    for _, r in rows.iterrows():
+        out[str(r["method"])] = (100 * float(r["score_mean"]), 100 * float(r["score_std"]), int(r["n"]))
+    return out
+
+
+def advise(budget: str, backbone: str, batch: int, length: int, task: str = "", precision: str = "32-true",
+           results_dir: str | Path = "results") -> list[dict]:
+    limit = parse_budget(budget)
+    results_dir = Path(results_dir)
+    if task:
+        import tasks  # noqa: F401
+        from tasks.base import TASKS
+
+        TASKS.get(task)
+    pred, source = predicted(backbone, batch, length, precision, results_dir)
+    acc = accuracy(task, backbone, results_dir)
+    rows = []
+    for _, r in pred.iterrows():
+        label = _label(str(r["method"]), str(r["variant"]) if isinstance(r["variant"], str) else "")
+        peak = r["peak_train_bytes"]
+        ok = isinstance(peak, (int, float)) and not math.isnan(peak)
+        mean, std, n = acc.get(label, (math.nan, math.nan, 0))
+        rows.append({"method": label, "peak_bytes": int(peak) if ok else None, "fits": ok and peak <= limit,
+                     "mean": mean, "std": std, "n": n, "error": "" if ok else str(r.get("error", "failed"))})
+    fitting = [r for r in rows if r["fits"] and not math.isnan(r["mean"])]
+    for r in rows:
+        r["pareto"] = r in fitting and not any(
+            o is not r and o["mean"] >= r["mean"] and o["peak_bytes"] <= r["peak_bytes"]
+            and (o["mean"] > r["mean"] or o["peak_bytes"] < r["peak_bytes"]) for o in fitting)
+    rows.sort(key=lambda r: (not r["fits"], math.isnan(r["mean"]), -(0 if math.isnan(r["mean"]) else r["mean"]),
+                             r["peak_bytes"] if r["peak_bytes"] is not None else math.inf))
+    gib = limit / 2**30
+    print(f"budget {gib:.2f} GiB; {backbone}, batch {batch}, length {length}, {precision}; peaks predicted on fake "
+          f"tensors ({source}); accuracy: {f'{task} test score, mean ± std (n seeds), on {backbone}' if task else 'no TASK given'}")
+    print(f"{'':1} {'method':36} {'peak GiB':>9} {'fits':>5}  accuracy")
+    for r in rows:
+        peak = f"{r['peak_bytes'] / 2**30:.2f}" if r["peak_bytes"] is not None else "failed"
+        score = f"{r['mean']:.2f} ± {r['std']:.2f} ({r['n']})" if not math.isnan(r["mean"]) else "-"
+        if r["n"] == 1:
+            score = f"{r['mean']:.2f} (1)"
+        print(f"{'*' if r['pareto'] else ' ':1} {r['method']:36} {peak:>9} {'yes' if r['fits'] else 'no':>5}  {score}"
+              + (f"  {r['error']}" if r["error"] else ""))
+    best = next((r for r in rows if r["fits"] and not math.isnan(r["mean"])), None)
+    if best:
+        print(f"best that fits: {best['method']}")
+    elif task and not acc:
+        print(f"no results for {task} on {backbone} in {results_dir}/runs: run `make bench TASK={task} "
+              f"BACKBONE={backbone}` for the methods that fit")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from benchmark.__main__ import _quiet
+    from benchmark.config import parse_overrides
+
+    p = argparse.ArgumentParser(prog="python -m benchmark.advise", description=__doc__.split("\n\n")[0])
+    p.add_argument("overrides", nargs="*", help="budget= backbone= batch_size= max_length= task= precision=")
+    args = p.parse_args(argv)
+    _quiet()
+    try:
+        o = parse_overrides(args.overrides)
+        unknown = set(o) - {"budget", "backbone", "batch_size", "max_length", "task", "precision", "results_dir"}
+        if unknown:
+            raise UserError(f"unknown key {sorted(unknown)[0]!r}; valid: budget backbone batch_size max_length task "
+                            f"precision results_dir")
+        if "budget" not in o:
+            raise UserError("give a memory budget: BUDGET=8GiB (make advise) or budget=8GiB")
+        try:
+            batch, length = int(o.get("batch_size", "100")), int(o.get("max_length", "128"))
+        except ValueError:
+            raise UserError("batch_size and max_length must be whole numbers") from None
+        advise(o["budget"], o.get("backbone", "t5-base"), batch, length, o.get("task", ""),
+               o.get("precision", "32-true"), o.get("results_dir", "results"))
+        return 0
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
