@@ -136,7 +136,14 @@ def vision_language(text_backbone, p: Plan):
     cache = FeatureCache(r.feature_cache or default_cache_root())
     backbone = VisionLanguageBackbone(text_backbone, encoder_name=r.vision, feature_dim=encoder.feature_dim,
                                       tokens=encoder.num_tokens, images=p.task.images_per_example)
-    return backbone, lambda paths: cache.features(encoder, paths, progress=r.progress)
+    def image_features(paths):
+        t0 = time.time()
+        feats = cache.features(encoder, paths, progress=r.progress)
+        print(f"image features ({r.vision}): {cache.computed} computed, {cache.reused} read from the cache "
+              f"{cache.folder(encoder)} in {time.time() - t0:.1f} s", file=sys.stderr)
+        return feats
+
+    return backbone, image_features
 
 
 def parameter_counts(module, method) -> dict:
