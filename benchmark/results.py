@@ -234,8 +234,8 @@ def _dumps(record: dict) -> str:
     return json.dumps(_json_safe(record), indent=2, allow_nan=False) + "\n"
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temp file in the same folder and ``os.replace``.
+def atomic_write(path: str | os.PathLike, write, *, binary: bool = True, fsync: bool = False) -> Path:
+    """Call ``write(file)`` on a temp file in the same folder, then ``os.replace`` it onto ``path``.
 
     Readers see the old file or the new one, never a half-written one; a crash leaves no temp file
     behind under the final name (temp names end in ``.tmp``).
@@ -244,10 +244,11 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+        with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8")) as f:
+            write(f)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -256,6 +257,11 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
             pass
         raise
     return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """``text`` to ``path`` atomically and durably (results files)."""
+    return atomic_write(path, lambda f: f.write(text), binary=False, fsync=True)
 
 
 def write_result(record: dict, path: str | os.PathLike) -> Path:

@@ -14,13 +14,13 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from benchmark.errors import UserError
+from benchmark.results import atomic_write
 from benchmark.vision.encoders import VisualEncoder
 
 __all__ = ["FeatureCache", "default_cache_root"]
@@ -59,19 +59,7 @@ def _write_npy(f, arr: np.ndarray) -> None:
 
 
 def _atomic_write(path: Path, write) -> None:
-    """Write via a temp file in the same folder and ``os.replace``: a reader (or a crash) never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write(path, write)  # cache entries: no fsync, a lost entry is recomputed
 
 
 class FeatureCache:
