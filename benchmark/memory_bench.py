@@ -36,6 +36,18 @@ def memory_rows() -> list[tuple[str, str, dict[str, str]]]:
     return rows
 
 
+def select_rows(methods: list[str] | None) -> list[tuple[str, str, dict[str, str]]]:
+    """The memory rows named in ``methods`` (all when None); an unknown name lists the valid ones."""
+    rows = memory_rows()
+    if methods:
+        known = {label for label, _, _ in rows}
+        unknown = [m for m in methods if m not in known]
+        if unknown:
+            raise UserError(f"unknown memory row {unknown[0]!r}; valid rows: {', '.join(sorted(known))}")
+        rows = [r for r in rows if r[0] in methods]
+    return rows
+
+
 def measure_one(overrides: dict[str, str]) -> dict:
     """Train ``steps`` steps of one configuration (no validation) and print its memory as JSON."""
     import lightning as L
@@ -71,13 +83,7 @@ def measure_all(overrides: dict[str, str], methods: list[str] | None = None,
                 out: str | Path = "results/memory.csv") -> int:
     import pandas as pd
 
-    rows = memory_rows()
-    if methods:
-        known = {label for label, _, _ in rows}
-        unknown = [m for m in methods if m not in known]
-        if unknown:
-            raise UserError(f"unknown memory row {unknown[0]!r}; valid rows: {', '.join(sorted(known))}")
-        rows = [r for r in rows if r[0] in methods]
+    rows = select_rows(methods)
     results, failures = [], []
     for label, method, extra in rows:
         args = [f"{k}={v}" for k, v in {**overrides, "method": method, "variant": "" if label == method else label}.items()]

@@ -51,7 +51,7 @@ from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 
 from benchmark.errors import UserError
-from benchmark.memory_bench import COLUMNS
+from benchmark.memory_bench import COLUMNS, select_rows
 
 # a row process re-imports this module as its __main__ (multiprocessing does so for ``python -m``), while
 # the process server already imported it: harmless, and said once per row without this filter
@@ -558,19 +558,6 @@ def run_rows(jobs_list: list[tuple[str, dict[str, str], str | None]], jobs: int 
             out[key] = msg
     shutil.rmtree(logdir, ignore_errors=True)
     return out
-
-
-def select_rows(methods: list[str] | None) -> list[tuple[str, str, dict[str, str]]]:
-    from benchmark.memory_bench import memory_rows
-
-    rows = memory_rows()
-    if methods:
-        known = {label for label, _, _ in rows}
-        unknown = [m for m in methods if m not in known]
-        if unknown:
-            raise UserError(f"unknown memory row {unknown[0]!r}; valid rows: {', '.join(sorted(known))}")
-        rows = [r for r in rows if r[0] in methods]
-    return rows
 
 
 def _row_overrides(overrides: dict[str, str], label: str, method: str) -> dict[str, str]:
