@@ -54,7 +54,7 @@ def _seeds(g: pd.DataFrame) -> str:
 
 
 def accuracy_memory_figure(group: pd.DataFrame) -> Figure:
-    """One task x version x backbone x device: each method a labelled point with ±std bars, the Pareto
+    """One task x version x backbone x budget x device: each method a labelled point with ±std bars, the Pareto
     front as a step line. ``group`` is a slice of ``build_leaderboard``'s table."""
     g = group.sort_values("peak_train_gib")
     higher = bool(g["higher_is_better"].iloc[0])
@@ -105,7 +105,8 @@ def accuracy_memory_figure(group: pd.DataFrame) -> Figure:
     ax.set_ylabel(f"test score{' (%)' if percent else ''}, mean ± std"
                   + ("" if higher else " (lower is better)"))
     r0 = g.iloc[0]
-    ax.set_title(f"{r0['task']} v{r0['task_version']} · {r0['backbone']} · {r0['device']}\n{_seeds(g)}; "
+    ax.set_title(f"{r0['task']} v{r0['task_version']} · {r0['backbone']} · {r0['device']}\n"
+                 f"budget {r0['budget']}; {_seeds(g)}; "
                  f"○ = Pareto front", fontsize=10)
     ax.grid(True, which="both", alpha=0.25)
     ax.margins(x=0.12, y=0.15)
@@ -217,7 +218,7 @@ def _save(fig: Figure, path: Path) -> Path:
 
 def write_figures(results_dir: str | os.PathLike = "results", out: str | os.PathLike | None = None) -> list[Path]:
     """Draw every figure the inputs allow into ``out`` (default ``<results_dir>/figures``); return the PNGs."""
-    from benchmark.leaderboard import build_leaderboard
+    from benchmark.leaderboard import ABLATION_ROWS, build_leaderboard
     from benchmark.results import load_results
 
     results_dir = Path(results_dir)
@@ -240,11 +241,12 @@ def write_figures(results_dir: str | os.PathLike = "results", out: str | os.Path
               + (f" ({report.lines()[0]})" if report.dropped else ""))
     else:
         print(f"figures: {report.lines()[0]}")
-        for (task, version, backbone, device), g in df.groupby(["task", "task_version", "backbone", "device"],
-                                                                sort=True):
-            name = f"score_vs_memory__{slug(task)}-v{version}__{slug(backbone)}__{slug(device)}.png"
+        df = df[~df["method"].astype(str).str.startswith(ABLATION_ROWS)]  # they have tables of their own
+        for (task, version, backbone, budget, device), g in df.groupby(
+                ["task", "task_version", "backbone", "budget", "device"], sort=True):
+            name = f"score_vs_memory__{slug(task)}-v{version}__{slug(backbone)}__{slug(budget)}__{slug(device)}.png"
             emit(lambda g=g: accuracy_memory_figure(g), name, "score_vs_memory", task=task, backbone=backbone,
-                 device=device, version=int(version))
+                 budget=budget, device=device, version=int(version))
 
     mem = _read_csv(results_dir / "memory.csv", ["method", "peak_train_bytes"] + MEMORY_GROUP)
     if mem is not None:

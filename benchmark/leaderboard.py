@@ -1,10 +1,11 @@
 """The leaderboard: a pure function of ``results/runs/**/*.json`` (see ``benchmark.results``).
 
 Failed, interrupted, corrupt and invalid runs are dropped and counted; the rest are averaged over
-seeds, one row per (task family, task, task version, backbone, device, method). Runs of different
-task versions are never averaged together, nor runs on different devices (their memory differs).
-A Pareto front of score vs peak training memory is marked within each (task, version, backbone,
-device), in the direction the task's score prefers. Exports Markdown, CSV (raw numbers) and LaTeX, with
+seeds, one row per (task family, task, task version, backbone, budget, device, method). Runs of different
+task versions are never averaged together, nor runs of different budgets (epochs, batch, length, subsets:
+``results.budget_label``), nor runs on different devices (their memory differs). A Pareto front of score
+vs peak training memory is marked within each (task, version, backbone, budget, device), in the direction
+the task's score prefers. Exports Markdown, CSV (raw numbers) and LaTeX, with
 the paper's layouts beside it: GLUE as Table 2, vision-language per task, MP-ISMoE's ablation rows as
 Tables 3 and 4 (``ablations.md``/``.tex``); ``main`` also rewrites the HTML page (``benchmark.page``).
 """
@@ -19,10 +20,10 @@ from typing import Iterable, Sequence
 
 import pandas as pd
 
-from benchmark.results import CORRUPT, atomic_write_text, load_results, method_label, validate
+from benchmark.results import CORRUPT, atomic_write_text, budget_label, load_results, method_label, validate
 
-KEYS = ["task_family", "task", "task_version", "backbone", "device", "method"]
-PARETO_GROUP = ["task", "task_version", "backbone", "device"]
+KEYS = ["task_family", "task", "task_version", "backbone", "budget", "device", "method"]
+PARETO_GROUP = ["task", "task_version", "backbone", "budget", "device"]
 GLUE_TASKS = ("cola", "sst2", "mrpc", "qqp", "mnli", "qnli", "rte", "stsb")
 GLUE_AVG = "glue_avg"
 TAIL = ["val_score_mean", "trainable_params", "trainable_percent", "peak_train_bytes", "peak_train_gib",
@@ -88,7 +89,7 @@ def pareto_front(scores: Sequence[float], memory: Sequence[float], higher_is_bet
 def _flatten(record: dict) -> dict:
     run, metrics, eff = record["run"], record["metrics"], record["efficiency"]
     row = {"task_family": run["task_family"], "task": run["task"], "task_version": run["task_version"],
-           "backbone": run["backbone"], "device": eff["device"], "method": method_label(run), "seed": run["seed"],
+           "backbone": run["backbone"], "budget": budget_label(run), "device": eff["device"], "method": method_label(run), "seed": run["seed"],
            "finished_at": run["finished_at"], "higher_is_better": metrics["higher_is_better"],
            "score": metrics["test"]["score"], "val_score": metrics["val_best"].get("score"),
            "trainable_params": eff["trainable_params"], "trainable_percent": eff["trainable_percent"],
@@ -124,15 +125,15 @@ def _aggregate(runs: pd.DataFrame, metric_names: list[str]) -> pd.DataFrame:
 
 
 def _glue_average(table: pd.DataFrame) -> pd.DataFrame:
-    """One ``glue_avg`` row per (backbone, device, method, task version) that has all eight GLUE tasks."""
+    """One ``glue_avg`` row per (backbone, budget, device, method, task version) with all eight GLUE tasks."""
     glue = table[table["task"].isin(GLUE_TASKS)]
     rows = []
-    for (backbone, device, method, version), g in glue.groupby(["backbone", "device", "method", "task_version"],
-                                                               sort=False):
+    for (backbone, budget, device, method, version), g in glue.groupby(
+            ["backbone", "budget", "device", "method", "task_version"], sort=False):
         if set(g["task"]) != set(GLUE_TASKS):
             continue
         rows.append({"task_family": "glue", "task": GLUE_AVG, "task_version": version, "backbone": backbone,
-                     "device": device, "method": method, "n": int(g["n"].min()),
+                     "budget": budget, "device": device, "method": method, "n": int(g["n"].min()),
                      "score_mean": g["score_mean"].mean(), "score_std": float("nan"),
                      "val_score_mean": g["val_score_mean"].mean(),
                      "trainable_params": int(g["trainable_params"].max()),
@@ -195,7 +196,7 @@ def build_leaderboard(records: Iterable[dict],
 
     best_first = table["score_mean"].where(table["higher_is_better"], -table["score_mean"])
     order = table.assign(_avg=table["task"].eq(GLUE_AVG), _rank=-best_first).sort_values(
-        ["task_family", "_avg", "task", "task_version", "backbone", "device", "_rank", "method"], kind="stable")
+        ["task_family", "_avg", "task", "task_version", "backbone", "budget", "device", "_rank", "method"], kind="stable")
     table = table.loc[order.index, columns].reset_index(drop=True)
     table = table.astype({"task_version": int, "n": int, "trainable_params": int, "peak_train_bytes": int,
                           "higher_is_better": bool, "pareto": bool})
@@ -221,9 +222,9 @@ def _fmt_score(mean, std, percent: bool) -> str:
 def _display_rows(df: pd.DataFrame) -> tuple[list[str], list[list[str]], list[bool]]:
     """Header, cells and which columns are numeric (right-aligned), shared by Markdown and LaTeX."""
     metric_names = [c[:-5] for c in df.columns if c.endswith("_mean") and c not in ("score_mean", "val_score_mean")]
-    header = ["task", "v", "backbone", "device", "method", "test score (mean ± std (n))", "test metrics (mean)",
-              "val score", "trainable params", "peak train mem (GiB)", "step (s)", "Pareto"]
-    numeric = [False, True, False, False, False, True, False, True, True, True, True, False]
+    header = ["task", "v", "backbone", "budget", "device", "method", "test score (mean ± std (n))",
+              "test metrics (mean)", "val score", "trainable params", "peak train mem (GiB)", "step (s)", "Pareto"]
+    numeric = [False, True, False, False, False, False, True, False, True, True, True, True, False]
     rows = []
     for _, r in df.iterrows():
         # Fractions (accuracy, F1, correlations) in percent; anything else (e.g. a loss) as it is.
@@ -232,7 +233,8 @@ def _display_rows(df: pd.DataFrame) -> tuple[list[str], list[list[str]], list[bo
         metrics = " · ".join(f"{m} {_fmt_score(r[f'{m}_mean'], None, percent)}" for m in metric_names
                              if not _isnan(r[f"{m}_mean"]))
         rows.append([
-            str(r["task"]), str(r["task_version"]), str(r["backbone"]), str(r["device"]), str(r["method"]),
+            str(r["task"]), str(r["task_version"]), str(r["backbone"]), str(r["budget"]), str(r["device"]),
+            str(r["method"]),
             f"{score} ({r['n']})", metrics, _fmt_score(r["val_score_mean"], None, percent),
             f"{int(r['trainable_params']):,} ({r['trainable_percent']:.2f} %)",
             f"{r['peak_train_gib']:.3f}", "" if _isnan(r["step_seconds"]) else f"{r['step_seconds']:.3f}",
@@ -243,7 +245,8 @@ def _display_rows(df: pd.DataFrame) -> tuple[list[str], list[list[str]], list[bo
 
 NOTES = ("Scores that are fractions (accuracy, F1, correlations) are in percent; mean ± sample std over "
          "seeds, (n) = seeds. Memory: peak training bytes / 1024^3 (GiB). ★ = Pareto front of score vs "
-         "peak memory within a task, version, backbone and device. glue_avg = mean of the eight GLUE task "
+         "peak memory within a task, version, backbone, budget and device. Budget: epochs (or steps), batch, "
+         "max length, train/eval subsets, precision when not fp32. glue_avg = mean of the eight GLUE task "
          "means (n = fewest seeds; memory = largest).")
 
 
@@ -313,6 +316,7 @@ VL_NAMES = {"vqa": "VQAv2", "gqa": "GQA", "nlvr2": "NLVR2", "easy_vqa": "easy_vq
 ABLATIONS = (("Table 3", "ISMoE ablation, full-precision backbone", "table3-"),
              ("Table 4", "GNP-IQ ablation (ISMoE on)", "table4-"))
 ABLATION_METHOD = "mpismoe"
+ABLATION_ROWS = tuple(f"{ABLATION_METHOD}@{p}" for _, _, p in ABLATIONS)  # method labels of the ablation runs
 # (row without runs, row with the same configuration whose runs stand in for it)
 ABLATION_REUSE = (("table4-full-precision", "table3-moe-prior"),)
 
@@ -338,17 +342,16 @@ def _signed(x: float, digits: int) -> str:
 
 def _task_table(df: pd.DataFrame, tasks: list[str], names: dict[str, str], title: str, avg_name: str,
                 every_column: bool = False) -> list[Table]:
-    """One row per method, one column per task (score x 100), per (backbone, device); ``every_column``
+    """One row per method, one column per task (score x 100), per (backbone, budget, device); ``every_column``
     keeps a column for each of ``tasks`` even without results (a fixed layout, gaps visible).
 
     Each task uses its newest version within the group, so versions never meet in a row or an average.
     """
-    ablation = tuple(f"{ABLATION_METHOD}@{p}" for _, _, p in ABLATIONS)  # they have tables of their own
-    is_ablation = df["method"].astype(str).str.startswith(ablation)
+    is_ablation = df["method"].astype(str).str.startswith(ABLATION_ROWS)  # they have tables of their own
     sub = df[df["task"].isin(tasks) & ~is_ablation]
     moved = "MP-ISMoE's ablation rows are in ablations.md. " if (df["task"].isin(tasks) & is_ablation).any() else ""
     tables = []
-    for (backbone, device), g in sub.groupby(["backbone", "device"], sort=True):
+    for (backbone, budget, device), g in sub.groupby(["backbone", "budget", "device"], sort=True):
         newest = {t: int(g.loc[g["task"] == t, "task_version"].max()) for t in tasks if (g["task"] == t).any()}
         cols = list(tasks) if every_column else list(newest)
         keep = g[[newest[t] == v for t, v in zip(g["task"], g["task_version"])]]
@@ -362,7 +365,7 @@ def _task_table(df: pd.DataFrame, tasks: list[str], names: dict[str, str], title
             rows.append([method, f"{m['trainable_percent'].max():.2f}", f"{m['peak_train_gib'].max():.3f}"]
                         + [_pm(m.at[t, "score_mean"], m.at[t, "score_std"]) if t in m.index else "" for t in cols]
                         + [_pm(avg, None), str(int(m["n"].min()))])
-            rec = {"backbone": backbone, "device": device, "method": method, "n_min": int(m["n"].min()),
+            rec = {"backbone": backbone, "budget": budget, "device": device, "method": method, "n_min": int(m["n"].min()),
                    "trainable_percent": m["trainable_percent"].max(),
                    "peak_train_bytes": int(m["peak_train_bytes"].max()), "peak_train_gib": m["peak_train_gib"].max()}
             for t in cols:
@@ -378,7 +381,7 @@ def _task_table(df: pd.DataFrame, tasks: list[str], names: dict[str, str], title
         if len(older):
             notes.append("Older task versions left out of this table (see the leaderboard): "
                          + ", ".join(sorted({f"{t} v{v}" for t, v in zip(older["task"], older["task_version"])})) + ".")
-        tables.append(Table(f"{title} — {backbone}, {device}", header, rows,
+        tables.append(Table(f"{title} — {backbone}, budget {budget}, {device}", header, rows,
                             [False] + [True] * (len(header) - 1), notes, pd.DataFrame(data)))
     return tables
 
@@ -405,14 +408,13 @@ def _experiments() -> dict:
 
 def ablation_tables(df: pd.DataFrame, experiments: dict | None = None) -> list[Table]:
     """Paper Tables 3 and 4 from ``mpismoe@table3-*`` / ``mpismoe@table4-*`` rows, per task, version,
-    backbone and device; nothing when there are no such runs."""
-    prefixes = tuple(f"{ABLATION_METHOD}@{p}" for _, _, p in ABLATIONS)
-    ours = df[df["method"].astype(str).str.startswith(prefixes)]
+    backbone, budget and device; nothing when there are no such runs."""
+    ours = df[df["method"].astype(str).str.startswith(ABLATION_ROWS)]
     if ours.empty:
         return []
     experiments = _experiments() if experiments is None else experiments
     tables = []
-    for (task, version, backbone, device), g in ours.groupby(PARETO_GROUP, sort=True):
+    for (task, version, backbone, budget, device), g in ours.groupby(PARETO_GROUP, sort=True):
         by_row = {m.split("@", 1)[1]: r for m, r in zip(g["method"], g.to_dict("records"))}
         for number, what, prefix in ABLATIONS:
             names = [n for n in experiments if n.startswith(prefix)]
@@ -447,7 +449,7 @@ def ablation_tables(df: pd.DataFrame, experiments: dict | None = None) -> list[T
                              "peak_train_bytes": r["peak_train_bytes"], "peak_train_gib": r["peak_train_gib"]})
             notes.append("Score: test score (× 100 when a fraction), mean ± sample std (n seeds); memory: peak "
                          "training bytes / 1024^3 (GiB); Δ = change from row 1.")
-            tables.append(Table(f"{number}: {what} — {task} v{version}, {backbone}, {device}",
+            tables.append(Table(f"{number}: {what} — {task} v{version}, {backbone}, budget {budget}, {device}",
                                 ["#", "row", "description", "score", "Δ score", "peak train mem (GiB)", "Δ mem (GiB)"],
                                 rows, [True, False, False, True, True, True, True], notes, pd.DataFrame(data)))
     return tables

@@ -20,10 +20,10 @@ from benchmark.results import atomic_write_text
 
 # (key used in the hash and data attributes, header, numeric)
 COLUMNS = [("task", "task", False), ("version", "v", True), ("backbone", "backbone", False),
-           ("device", "device", False), ("method", "method", False), ("score", "test score (mean ± std)", True),
+           ("budget", "budget", False), ("device", "device", False), ("method", "method", False), ("score", "test score (mean ± std)", True),
            ("n", "n", True), ("memory", "peak train mem (GiB)", True), ("params", "params %", True),
            ("trainable", "trainable params", True), ("step", "step (s)", True), ("pareto", "Pareto", True)]
-FILTERS = ("task", "backbone", "device")
+FILTERS = ("task", "backbone", "budget", "device")
 
 
 def _nan(v) -> bool:
@@ -47,7 +47,7 @@ def _row(r: pd.Series) -> str:
     step = r.get("step_seconds")
     cells = [
         _cell("task", str(r["task"])), _cell("version", str(r["task_version"]), r["task_version"]),
-        _cell("backbone", str(r["backbone"])), _cell("device", str(r["device"])), _cell("method", str(r["method"])),
+        _cell("backbone", str(r["backbone"])), _cell("budget", str(r["budget"])), _cell("device", str(r["device"])), _cell("method", str(r["method"])),
         _cell("score", score, r["score_mean"]), _cell("n", str(r["n"]), r["n"]),
         _cell("memory", f"{r['peak_train_gib']:.3f}", r["peak_train_gib"]),
         _cell("params", f"{r['trainable_percent']:.2f}", r["trainable_percent"]),
@@ -56,7 +56,7 @@ def _row(r: pd.Series) -> str:
         _cell("pareto", "★" if r["pareto"] else "", 1.0 if r["pareto"] else 0.0),
     ]
     data = " ".join(f'data-{k}="{html.escape(str(r[c]), quote=True)}"'
-                    for k, c in (("task", "task"), ("backbone", "backbone"), ("device", "device")))
+                    for k, c in (("task", "task"), ("backbone", "backbone"), ("budget", "budget"), ("device", "device")))
     cls = ' class="pareto"' if r["pareto"] else ""
     return f"<tr {data}{cls}>" + "".join(cells) + "</tr>"
 
@@ -218,7 +218,7 @@ def render_page(df: pd.DataFrame, figures: list[dict] = (), tables: list = (), r
 <h1>metl-bench: accuracy vs peak training memory</h1>
 <p class="note">Test score: mean ± sample std over seeds (fractions in percent), n = seeds. Memory: peak training
 bytes / 1024^3 (GiB); compare memory only within one backbone and device. ★ = Pareto front of score vs memory
-within a task, version, backbone and device. Click a header to sort (again to reverse); the view is kept in the
+within a task, version, backbone, budget (epochs, batch, length, subsets) and device. Click a header to sort (again to reverse); the view is kept in the
 URL hash. {link_html}</p>
 {report}
 <div class="filters">{selects} <span id="count"></span></div>

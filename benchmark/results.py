@@ -286,12 +286,37 @@ def method_label(run: dict) -> str:
     return f"{run['method']}@{run['variant']}" if run.get("variant") else run["method"]
 
 
+BUDGET_FIELDS = ("epochs", "max_steps", "batch_size", "max_length", "limit_train_samples", "limit_eval_samples",
+                 "precision")
+
+
+def budget_label(run: dict) -> str:
+    """The training budget a run had, as a short name: ``1ep-b32-len64``, ``1ep-b32-len64-train4096-eval2048``
+    (subsets), ``200steps-...``, ``...-bf16-mixed`` (a precision other than fp32).
+
+    Runs of different budgets are different experiments: they never share a results file or a leaderboard
+    row. Read from the run's config; a field a record lacks takes RunConfig's default."""
+    from benchmark.config import RunConfig
+
+    given = (run.get("config") or {}).get("run") or {}
+    v = {k: given.get(k, getattr(RunConfig, k)) for k in BUDGET_FIELDS}
+    parts = [f"{v['max_steps']}steps" if int(v["max_steps"]) > 0 else f"{v['epochs']}ep",
+             f"b{v['batch_size']}", f"len{v['max_length']}"]
+    if int(v["limit_train_samples"]):
+        parts.append(f"train{v['limit_train_samples']}")
+    if int(v["limit_eval_samples"]):
+        parts.append(f"eval{v['limit_eval_samples']}")
+    if str(v["precision"]) not in ("32-true", "32"):
+        parts.append(str(v["precision"]))
+    return "-".join(parts)
+
+
 def result_path(results_dir: str | os.PathLike, record: dict) -> Path:
-    """``<results_dir>/runs/<task>-v<version>/<method[@variant]>/<backbone-slug>/seed<seed>.json``: a new
-    task version never overwrites the old one's results."""
+    """``<results_dir>/runs/<task>-v<version>/<method[@variant]>/<backbone-slug>/<budget>/seed<seed>.json``:
+    neither a new task version nor another budget (``budget_label``) overwrites the results of the old one."""
     run = record["run"]
     return (Path(results_dir) / "runs" / f"{slug(run['task'])}-v{run['task_version']}" / slug(method_label(run))
-            / slug(run["backbone"]) / f"seed{run['seed']}.json")
+            / slug(run["backbone"]) / slug(budget_label(run)) / f"seed{run['seed']}.json")
 
 
 def load_results(results_dir: str | os.PathLike) -> tuple[list[dict], list[tuple[Path, str]]]:

@@ -84,7 +84,7 @@ def test_quantization_figure():
 def test_write_figures_writes_pngs_and_a_manifest(results_dir, tmp_path, capsys):
     out = tmp_path / "figs"
     paths = figures.write_figures(results_dir, out)
-    assert [p.name for p in paths] == ["score_vs_memory__rte-v1__minilm__cpu-test.png",
+    assert [p.name for p in paths] == ["score_vs_memory__rte-v1__minilm__1ep-b32-len64__cpu-test.png",
                                        "memory_breakdown__minilm__b32-l128-32-true__cpu-test.png",
                                        "quantization_error.png"]
     for p in paths:

@@ -84,6 +84,20 @@ def test_devices_are_kept_apart():
     assert sorted(df["device"]) == ["NVIDIA H100", "cpu: a"] and list(df["n"]) == [1, 1]
 
 
+def test_budgets_are_kept_apart(tmp_path):
+    """A run on a training subset is another experiment: its own file, its own row, its own Pareto group."""
+    small = make_record(seed=0, score=0.55)
+    small["run"]["config"]["run"].update(limit_train_samples=4096, limit_eval_samples=2048)
+    for rec in (make_record(seed=0, score=0.7), make_record(seed=1, score=0.8), small):
+        write(tmp_path, rec)
+    df, report = build_leaderboard(*load_results(tmp_path))
+    assert report.used == 3 and report.duplicate == 0
+    rows = df.set_index("budget")
+    assert rows.at["1ep-b32-len64", "n"] == 2 and rows.at["1ep-b32-len64", "score_mean"] == pytest.approx(0.75)
+    assert rows.at["1ep-b32-len64-train4096-eval2048", "n"] == 1
+    assert df["pareto"].all()  # each is alone in its group
+
+
 def test_pareto_front_hand_built():
     # (score, memory): (0.9, 10) and its twin, (0.8, 5) on the front; (0.85, 12) and (0.7, 6) dominated.
     assert pareto_front([0.9, 0.8, 0.85, 0.7, 0.9], [10, 5, 12, 6, 10]) == [True, True, False, False, True]
@@ -143,7 +157,7 @@ def test_export_writes_the_tables(results_dir, tmp_path):
     md, csv, tex, glue = (p.read_text() for p in paths)
     assert "lora" in md and "side_tuning" in md and "peak train mem (GiB)" in md
     # the GLUE table takes RTE's newest version (v2) and names the one it leaves out
-    assert "### GLUE (paper Table 2 layout) — minilm, cpu: test" in md and "left out of this table" in md
+    assert "### GLUE (paper Table 2 layout) — minilm, budget 1ep-b32-len64, cpu: test" in md and "left out of this table" in md
     assert "| lora | 1.00 | 1.863 |  |  |  |  |  |  | 72.0 ± 2.0 |" in md and "rte v1" in md
     assert list(pd.read_csv(paths[3])["method"]) == ["lora", "side_tuning"]
     assert "72.00 ± 2.00 (3)" in md and "50.00 (1)" in md and "★" in md

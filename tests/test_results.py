@@ -159,12 +159,26 @@ def test_a_crash_during_the_rename_keeps_the_old_file(tmp_path, monkeypatch):
 def test_result_path_layout(tmp_path):
     rec = make_record(task="sst2", method="side_tuning", backbone="sentence-transformers/all-MiniLM-L6-v2", seed=2)
     assert result_path(tmp_path, rec) == (tmp_path / "runs" / "sst2-v1" / "side_tuning"
-                                          / "sentence-transformers--all-MiniLM-L6-v2" / "seed2.json")
+                                          / "sentence-transformers--all-MiniLM-L6-v2" / "1ep-b32-len64" / "seed2.json")
     assert results.slug("hf:owner/name") == "hf-owner--name"
     assert results.slug("/models/my model/") == "models--my-model"
     for name in ("..", ".", "", "/"):
         s = results.slug(name)
         assert s not in ("", ".", "..") and "/" not in s
+
+
+def test_budget_label_names_what_changes_the_experiment():
+    def label(**run):
+        return results.budget_label({"config": {"run": run}})
+
+    assert label() == label(epochs=1, batch_size=32, max_length=64, precision="32-true") == "1ep-b32-len64"
+    assert label(limit_train_samples=4096, limit_eval_samples=2048) == "1ep-b32-len64-train4096-eval2048"
+    assert label(max_steps=200, batch_size=8, max_length=128) == "200steps-b8-len128"
+    assert label(epochs=3, precision="bf16-mixed") == "3ep-b32-len64-bf16-mixed"
+    # a different budget is a different file, so it never overwrites (or averages with) the other
+    a, b = make_record(seed=0), make_record(seed=0)
+    b["run"]["config"]["run"]["limit_train_samples"] = 4096
+    assert result_path("r", a) != result_path("r", b)
 
 
 def test_load_results_skips_corrupt_and_invalid_files_with_reasons(tmp_path):

@@ -49,7 +49,7 @@ def test_a_variant_applies_its_overrides_and_is_kept_apart(dirs):
     assert p.method_cfg.moe is True
     rec = {"run": {"task": "rotten_tomatoes", "task_version": 1, "method": "mpismoe", "variant": "table3-base",
                    "backbone": "minilm", "seed": 0}}
-    assert results.result_path("r", rec).parts[-3] == "mpismoe@table3-base"
+    assert results.result_path("r", rec).parts[-4] == "mpismoe@table3-base"
 
 
 def test_an_unknown_variant_names_the_valid_ones(dirs):
