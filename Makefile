@@ -18,10 +18,11 @@ GLUE_DIR ?=
 DATA_DIR ?= $(GLUE_DIR)
 BATCH ?= 32
 LEN ?= 128
+JOBS ?=
 
 RUN_ARGS = method=$(METHOD) task=$(TASK) backbone=$(BACKBONE) $(if $(DATA_DIR),data_dir=$(DATA_DIR)) $(ARGS)
 
-.PHONY: help setup bench test leaderboard figures browser list memory memory-compare-cuda advise quant-report clean
+.PHONY: help setup bench test paper leaderboard figures browser list memory memory-compare-cuda advise quant-report clean
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -45,6 +46,9 @@ bench: setup ## run METHOD on TASK for each of SEEDS (QUICK=1: a few steps), the
 
 test: setup ## the test suite (offline, CPU, a few minutes)
 	$(PY) -m pytest tests
+
+paper: setup ## every run the paper tables need (offline tasks, 3 seeds, paper budget; current ones skipped; JOBS=n at a time), then tables and figures
+	$(PY) -m benchmark.paper $(if $(JOBS),--jobs $(JOBS)) $(ARGS)
 
 leaderboard: setup ## tables from results/runs: results/leaderboard.{md,csv,tex}, ablations, index.html
 	$(PY) -m benchmark leaderboard

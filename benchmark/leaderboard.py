@@ -317,8 +317,8 @@ ABLATIONS = (("Table 3", "ISMoE ablation, full-precision backbone", "table3-"),
              ("Table 4", "GNP-IQ ablation (ISMoE on)", "table4-"))
 ABLATION_METHOD = "mpismoe"
 ABLATION_ROWS = tuple(f"{ABLATION_METHOD}@{p}" for _, _, p in ABLATIONS)  # method labels of the ablation runs
-# (row without runs, row with the same configuration whose runs stand in for it)
-ABLATION_REUSE = (("table4-full-precision", "table3-moe-prior"),)
+# (row without runs, row with the same configuration whose runs stand in for it; "" = the method's defaults)
+ABLATION_REUSE = (("table4-full-precision", "table3-moe-prior"), ("table4-mixed-noise", ""))
 
 
 # Rows in the paper's order (largest memory first, ours last); unknown methods after these, by name.
@@ -406,16 +406,28 @@ def _experiments() -> dict:
     return EXPERIMENTS
 
 
+def _same_config(experiments: dict, a: str, b: str) -> bool:
+    """Whether rows ``a`` and ``b`` ("" = the defaults) resolve to the same method configuration."""
+    import methods  # noqa: F401  (registers)
+    from benchmark.config import build
+    from methods.base import METHODS
+
+    cls = METHODS.get(ABLATION_METHOD).config_class
+    return build(cls, dict(experiments[a].overrides) if a else {}, ABLATION_METHOD) == \
+        build(cls, dict(experiments[b].overrides) if b else {}, ABLATION_METHOD)
+
+
 def ablation_tables(df: pd.DataFrame, experiments: dict | None = None) -> list[Table]:
     """Paper Tables 3 and 4 from ``mpismoe@table3-*`` / ``mpismoe@table4-*`` rows, per task, version,
     backbone, budget and device; nothing when there are no such runs."""
-    ours = df[df["method"].astype(str).str.startswith(ABLATION_ROWS)]
-    if ours.empty:
+    labels = df["method"].astype(str)
+    if not labels.str.startswith(ABLATION_ROWS).any():
         return []
+    ours = df[labels.str.startswith(ABLATION_ROWS) | labels.eq(ABLATION_METHOD)]  # the defaults may stand in
     experiments = _experiments() if experiments is None else experiments
     tables = []
     for (task, version, backbone, budget, device), g in ours.groupby(PARETO_GROUP, sort=True):
-        by_row = {m.split("@", 1)[1]: r for m, r in zip(g["method"], g.to_dict("records"))}
+        by_row = {m.partition("@")[2]: r for m, r in zip(g["method"], g.to_dict("records"))}
         for number, what, prefix in ABLATIONS:
             names = [n for n in experiments if n.startswith(prefix)]
             if not any(n in by_row for n in names):
@@ -425,10 +437,10 @@ def ablation_tables(df: pd.DataFrame, experiments: dict | None = None) -> list[T
             for i, name in enumerate(names, 1):
                 r, shown = by_row.get(name), name
                 for row, twin in ABLATION_REUSE:
-                    if (name == row and r is None and twin in by_row
-                            and experiments[row].overrides == experiments[twin].overrides):
+                    if name == row and r is None and twin in by_row and _same_config(experiments, row, twin):
                         r, shown = by_row[twin], f"{name} †"
-                        notes.append(f"† {row} has no runs of its own; it has the same configuration as {twin} "
+                        twin_name = twin or f"the default {ABLATION_METHOD}"
+                        notes.append(f"† {row} has no runs of its own; it has the same configuration as {twin_name} "
                                      f"(methods/mpismoe/experiments.py), whose runs are shown.")
                 about = re.sub(r"^Table \d+ row \d+:\s*", "", experiments[name].about)
                 if r is None:

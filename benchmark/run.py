@@ -204,7 +204,8 @@ def execute(p: Plan) -> dict:
         "total_seconds": time.time() - t0, "batch_size": r.batch_size, "max_length": r.max_length,
         "precision": r.precision, "num_processes": trainer.world_size,
     })
-    wandb_id = next((lg.experiment.id for lg in loggers if type(lg).__name__ == "WandbLogger"), None)
+    wandb_run = next((lg.experiment for lg in loggers if type(lg).__name__ == "WandbLogger"), None)
+    wandb_id = wandb_run.id if wandb_run is not None else None
     record = {
         "schema_version": results.SCHEMA_VERSION,
         "run": {"id": f"{r.task}-{_slug(r.label)}-{_slug(p.backbone_label)}-s{r.seed}-{stamp}", "method": r.method,
@@ -221,7 +222,25 @@ def execute(p: Plan) -> dict:
     }
     record["_rank"] = trainer.global_rank
     record["_run_dir"] = str(run_dir)
+    record["_wandb"] = wandb_run
     return record
+
+
+def report_to_wandb(wandb_run, record: dict, path: Path) -> None:
+    """The run's headline numbers as W&B summary metrics (what the runs table shows and sorts by), and the
+    results JSON attached to the run (uploaded when online; kept in the offline run for ``wandb sync``)."""
+    from benchmark.results import budget_label
+
+    m, e = record["metrics"], record["efficiency"]
+    summary = {f"best_val/{k}": v for k, v in m["val_best"].items()}
+    summary.update({f"final_test/{k}": v for k, v in m["test"].items()})
+    summary.update({"peak_train_gib": e["peak_train_bytes"] / 2**30, "peak_train_bytes": e["peak_train_bytes"],
+                    "peak_source": e["peak_source"], "trainable_params": e["trainable_params"],
+                    "trainable_percent": e["trainable_percent"], "step_seconds": e.get("step_seconds"),
+                    "budget": budget_label(record["run"]), "results_file": str(path)})
+    wandb_run.summary.update(summary)
+    wandb_run.save(str(path), base_path=str(path.parent), policy="now")
+    wandb_run.finish()  # the run is complete: flush the summary and the file now, not at interpreter exit
 
 
 def run(overrides: dict[str, str]) -> Path | None:
@@ -238,6 +257,7 @@ def run(overrides: dict[str, str]) -> Path | None:
         raise
     rank = record.pop("_rank")
     run_dir = record.pop("_run_dir")
+    wandb_run = record.pop("_wandb")
     if rank != 0:
         return None
     out_root = REPO_ROOT / p.run.results_dir
@@ -245,6 +265,8 @@ def run(overrides: dict[str, str]) -> Path | None:
         out_root = out_root / "tmp"
     path = results.result_path(out_root, record)
     results.write_result(record, path)
+    if wandb_run is not None:
+        report_to_wandb(wandb_run, record, path)
     t = record["metrics"]["test"]
     e = record["efficiency"]
     print(f"done: {p.run.label} on {p.run.task} (seed {p.run.seed}): test score {t.get('score', float('nan')):.4f}, "

@@ -56,6 +56,9 @@ class Method(nn.Module):
     # strings. ``variant=<name>`` on a run applies one (command-line keys still win), the results are
     # kept apart as ``<method>@<name>``, and ``make memory`` measures every variant as its own row.
     variants: ClassVar[dict[str, dict[str, str]]] = {}
+    # The variants ``make paper`` runs (3 seeds each, on the sentiment task) besides the defaults: those
+    # a paper table needs that no other row already measures.
+    paper_variants: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, backbone: Backbone, config: MethodConfig):
         super().__init__()

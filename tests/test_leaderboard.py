@@ -264,6 +264,18 @@ def test_ablation_tables_3_and_4_with_the_full_precision_row_reused(tmp_path):
     assert "\\begin{tabular}" in tex and "$^\\dagger$" in tex and "table3\\_" not in tex  # no stray escapes
 
 
+def test_the_full_method_row_reuses_the_default_runs():
+    records = ablation_records([("table3-moe-prior", [0.74], GIB), ("table4-mixed-precision", [0.70], GIB)])
+    records += [make_record(method="mpismoe", task="rte", seed=s, score=v, peak=GIB // 2)
+                for s, v in enumerate([0.76, 0.78])]
+    df, _ = build_leaderboard(records)
+    _, t4 = leaderboard.ablation_tables(df)
+    assert t4.rows[3][1] == "table4-mixed-noise †" and t4.rows[3][3] == "77.00 ± 1.41 (2)"
+    assert any("same configuration as the default mpismoe" in n for n in t4.notes)
+    # the defaults alone make no ablation table
+    assert leaderboard.ablation_tables(build_leaderboard(records[2:])[0]) == []
+
+
 def test_ablation_row_with_runs_of_its_own_is_not_replaced(tmp_path):
     records = ablation_records([("table3-moe-prior", [0.74], GIB), ("table4-full-precision", [0.60], GIB)])
     df, _ = build_leaderboard(records)

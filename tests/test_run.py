@@ -52,6 +52,34 @@ def test_a_variant_applies_its_overrides_and_is_kept_apart(dirs):
     assert results.result_path("r", rec).parts[-4] == "mpismoe@table3-base"
 
 
+def test_wandb_run_is_grouped_tagged_and_gets_the_summary_and_the_results_json(dirs, tmp_path, monkeypatch):
+    """Offline W&B (no network): the run gets the summary metrics, its group and tags, and a copy of the
+    results JSON among its files (what ``wandb sync`` uploads)."""
+    wandb = pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wb"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    seen = {}
+    finish = wandb.sdk.wandb_run.Run.finish
+
+    def spy(self, *a, **k):  # offline runs keep the summary in their binary log: read it off the run
+        seen.update(summary={key: self.summary[key] for key in self.summary.keys()}, group=self.group,
+                    tags=tuple(self.tags))
+        return finish(self, *a, **k)
+
+    monkeypatch.setattr(wandb.sdk.wandb_run.Run, "finish", spy)
+    path = run({**TINY, **dirs, "wandb": "offline", "method": "lora", "task": "rotten_tomatoes", "epochs": "1"})
+    rec = json.loads(path.read_text())
+    summary = seen["summary"]
+    assert summary["final_test/score"] == pytest.approx(rec["metrics"]["test"]["score"])
+    assert summary["best_val/score"] == pytest.approx(rec["metrics"]["val_best"]["score"])
+    assert summary["peak_train_bytes"] == rec["efficiency"]["peak_train_bytes"]
+    assert summary["budget"] == "1ep-b16-len32-train64-eval48"
+    assert seen["group"] == "rotten_tomatoes/lora" and {"rotten_tomatoes", "lora", "tiny-bert"} <= set(seen["tags"])
+    files = next((tmp_path / "runs").rglob(f"offline-run-*-{rec['run']['wandb_run_id']}")) / "files"
+    assert json.loads((files / path.name).read_text())["run"]["id"] == rec["run"]["id"]
+
+
 def test_an_unknown_variant_names_the_valid_ones(dirs):
     from benchmark.config import ConfigError
 

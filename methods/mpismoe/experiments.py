@@ -79,6 +79,12 @@ EXPERIMENTS: dict[str, Experiment] = {
     "mpismoe-bf16": Experiment({"side_precision": "bf16"}, "side network forced to bf16 autocast on any device"),
 }
 
+# The rows ``make paper`` runs on top of the default ``mpismoe`` (3 seeds each): the ablation rows with a
+# configuration of their own. table4-full-precision is table3-moe-prior's configuration and
+# table4-mixed-noise the defaults' (tests/test_mpismoe.py checks both), so their runs are reused, not repeated.
+PAPER_ROWS = ("table3-base", "table3-moe-no-prior", "table3-moe-prior", "table4-unified-low-precision",
+              "table4-mixed-precision")
+
 
 def experiment_overrides(name: str) -> dict[str, str]:
     """The overrides of a named experiment (a copy); unknown names list the known ones."""

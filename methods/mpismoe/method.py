@@ -38,7 +38,7 @@ from torch import nn
 
 from benchmark.backbones.base import FFNSlot, as_slot
 from methods.base import METHODS, Method, MethodConfig
-from methods.mpismoe.experiments import EXPERIMENTS
+from methods.mpismoe.experiments import EXPERIMENTS, PAPER_ROWS
 from methods.mpismoe.ismoe import NORMS, ISMoE
 from methods.mpismoe.noisy import NoisyQuantLinear
 from methods.mpismoe.qlinear import QuantEmbedding, QuantLinear, _is_layer_norm
@@ -167,6 +167,7 @@ class MPISMoE(Method):
     about = "MP-ISMoE: GNP-IQ quantized backbone + interactive side MoE (base: lst | unipt | sherl)"
     # the named experiments (paper Tables 3 and 4, and ours): one ``make memory`` row each
     variants = {name: dict(e.overrides) for name, e in EXPERIMENTS.items()}
+    paper_variants = PAPER_ROWS
 
     def __init__(self, backbone, config: MPISMoEConfig):
         super().__init__(backbone, config)

@@ -1,0 +1,216 @@
+"""``make paper``: every run the paper-layout tables and figures need, on the offline tasks, then the tables
+and figures. Idempotent: a run whose results file exists and is current is skipped, so a second call trains
+nothing; a failed run is reported and the others go on.
+
+What it runs (``PAPER_TASKS``): each registered method on each offline task, plus each method's
+``paper_variants`` (MP-ISMoE's ablation rows of paper Tables 3 and 4) on the sentiment task, for every seed,
+all on the paper budget below. "Current" means: the file at the run's results path is an ok run of the same
+task version, with the same budget and run settings and the same method configuration as the plan now
+resolves to. A changed method default, task version or budget therefore reruns exactly the runs it touches.
+
+The budget is chosen so that the whole of ``make paper`` takes about 90 minutes on 2 CPU cores (README):
+a training subset of each task (one epoch over it), the full rotten_tomatoes validation and test splits,
+and 2,048-question subsets of easy_vqa's. Its results sit beside, never averaged with, runs of the full
+epoch (the leaderboard keys rows by budget). Nothing here branches on a method's or task's name.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmark.config import as_dict, parse_overrides
+from benchmark.errors import UserError
+
+
+@dataclass(frozen=True)
+class PaperTask:
+    task: str
+    budget: dict  # run-config values (strings, as on the command line)
+    variants: bool = False  # also run each method's paper_variants here
+
+
+PAPER_TASKS = (
+    PaperTask("rotten_tomatoes", {"limit_train_samples": "4096"}, variants=True),
+    PaperTask("easy_vqa", {"limit_train_samples": "4096", "limit_eval_samples": "2048"}),
+)
+SEEDS = (0, 1, 2)
+# Run settings whose change makes an old result stale (besides the method config and the budget).
+CURRENT_KEYS = ("epochs", "max_steps", "batch_size", "eval_batch_size", "max_length", "pad_to_max_length",
+                "warmup_steps", "grad_clip", "limit_train_samples", "limit_eval_samples", "precision", "pooling",
+                "vision", "backbone")
+
+
+@dataclass
+class Job:
+    overrides: dict  # what ``python -m benchmark run`` gets
+    name: str  # task/method[@variant]/seed, for the log
+    path: Path  # where its results file goes
+    current: bool = False
+    why: str = ""  # why it is not current
+
+
+def _expected(plan) -> dict:
+    """The part of a results record that fixes its path and says whether it is current."""
+    r = plan.run
+    return {"run": {"task": r.task, "task_version": plan.task.version, "method": r.method, "variant": r.variant or None,
+                    "backbone": plan.backbone_label, "seed": r.seed,
+                    "config": {"run": as_dict(r), "method": as_dict(plan.method_cfg)}}}
+
+
+def staleness(path: Path, expected: dict) -> str:
+    """"" when ``path`` holds a current result for ``expected``, else why not (missing, failed, changed)."""
+    from benchmark.results import validate
+
+    if not path.is_file():
+        return "no results yet"
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return "results file is corrupt"
+    if validate(record):
+        return "results file is invalid"
+    run, want = record["run"], expected["run"]
+    if run["status"] != "ok":
+        return f"last run {run['status']}"
+    if run["task_version"] != want["task_version"]:
+        return f"task version {run['task_version']} -> {want['task_version']}"
+    have_run, want_run = run["config"].get("run", {}), want["config"]["run"]
+    changed = [k for k in CURRENT_KEYS if have_run.get(k) != want_run[k]]
+    if changed:
+        return "run settings changed: " + ", ".join(f"{k} {have_run.get(k)!r} -> {want_run[k]!r}" for k in changed)
+    have_m, want_m = run["config"].get("method", {}), want["config"]["method"]
+    changed = sorted(k for k in set(have_m) | set(want_m) if have_m.get(k) != want_m.get(k))
+    if changed:
+        return "method config changed: " + ", ".join(changed)
+    return ""
+
+
+def plan_jobs(seeds=SEEDS, extra: dict | None = None, tasks=PAPER_TASKS) -> list[Job]:
+    """Every paper run, validated by name (as ``benchmark run`` would) and marked current or not."""
+    import methods  # noqa: F401  (registers)
+    from benchmark.results import result_path
+    from benchmark.run import REPO_ROOT, plan
+    from methods.base import METHODS
+
+    extra = dict(extra or {})
+    jobs = []
+    for pt in tasks:
+        for method, cls in METHODS.items():
+            for variant in [""] + (list(cls.paper_variants) if pt.variants else []):
+                for seed in seeds:
+                    ov = {"method": method, "task": pt.task, "seed": str(seed), **pt.budget, **extra}
+                    if variant:
+                        ov["variant"] = variant
+                    p = plan(ov)
+                    expected = _expected(p)
+                    path = result_path(REPO_ROOT / p.run.results_dir, expected)
+                    why = staleness(path, expected)
+                    jobs.append(Job(ov, f"{pt.task}/{p.run.label}/seed{seed}", path, current=not why, why=why))
+    return jobs
+
+
+def _minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+
+
+def run_jobs(jobs: list[Job], workers: int, threads: int, log_dir: Path, command=None) -> list[tuple[Job, int]]:
+    """Run ``jobs`` ``workers`` at a time, each a ``benchmark run`` process with ``threads`` CPU threads and
+    its output in ``log_dir``; a failure is reported and the rest go on. Returns (job, exit code) pairs."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+           "TOKENIZERS_PARALLELISM": "false"}
+    total, t_start = len(jobs), time.time()
+    done = []
+
+    def one(i_job):
+        i, job = i_job
+        args = command(job) if command else [sys.executable, "-m", "benchmark", "run",
+                                              *(f"{k}={v}" for k, v in job.overrides.items())]
+        log = log_dir / (job.name.replace("/", "__") + ".log")
+        t0 = time.time()
+        print(f"[{i}/{total}] start {job.name} ({job.why})", flush=True)
+        with open(log, "w") as fh:
+            rc = subprocess.call(args, stdout=fh, stderr=subprocess.STDOUT, env=env)
+        took = _minutes(time.time() - t0)
+        if rc == 0:
+            print(f"[{i}/{total}] done  {job.name} in {took}", flush=True)
+        else:
+            tail = " | ".join(log.read_text(errors="replace").strip().splitlines()[-1:])
+            print(f"[{i}/{total}] FAILED {job.name} (exit {rc}) in {took}: {tail[:200]}; log: {log}", flush=True)
+        done.append((job, rc))
+        return rc
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        list(pool.map(one, enumerate(jobs, 1)))
+    print(f"paper: {total} run(s) in {_minutes(time.time() - t_start)} with {workers} at a time", flush=True)
+    return done
+
+
+def default_workers() -> int:
+    """One process per GPU is the fair way to time a GPU; on CPU two single-threaded processes use 2 cores
+    better than one with 2 threads (most of a step is small ops)."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return 1
+    except ImportError:
+        pass
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmark.paper", description=__doc__.splitlines()[0])
+    ap.add_argument("overrides", nargs="*", help="key=value for every run (e.g. wandb=disabled)")
+    ap.add_argument("--seeds", default=",".join(map(str, SEEDS)))
+    ap.add_argument("--jobs", type=int, default=0, help="runs at a time (0 = 1 per GPU, else 2 on CPU)")
+    ap.add_argument("--dry-run", action="store_true", help="list what would run and what is current; run nothing")
+    a = ap.parse_args(argv)
+    try:
+        seeds = [int(s) for s in a.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise UserError(f"--seeds {a.seeds!r}: give comma-separated integers such as 0,1,2") from None
+    extra = {"progress": "false", **parse_overrides(a.overrides)}
+    jobs = plan_jobs(seeds, extra)
+    todo = [j for j in jobs if not j.current]
+    print(f"paper: {len(jobs)} runs planned, {len(jobs) - len(todo)} current (skipped), {len(todo)} to run")
+    if a.dry_run:
+        for j in todo:
+            print(f"  would run {j.name}: {j.why}")
+        return 0
+    failed = []
+    if todo:
+        workers = a.jobs or default_workers()
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        from benchmark.run import REPO_ROOT
+
+        results = run_jobs(todo, workers, threads, REPO_ROOT / "runs" / "paper")
+        failed = [j for j, rc in results if rc != 0]
+    from benchmark import figures, leaderboard
+
+    from benchmark.config import RunConfig
+    from benchmark.run import REPO_ROOT
+
+    results_dir = REPO_ROOT / extra.get("results_dir", RunConfig.results_dir)
+    leaderboard.main(results_dir)
+    figures.main(["--results-dir", str(results_dir)])
+    if failed:
+        print(f"paper: {len(failed)} run(s) failed: " + ", ".join(j.name for j in failed)
+              + "; tables were built from the rest; `make paper` again retries only these")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(UserError.exit_code)

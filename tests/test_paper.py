@@ -1,0 +1,89 @@
+"""`make paper`: the plan covers every method (and the ablation rows where asked), a current result is
+skipped and a changed one is not, and a failed run does not stop the others. No training here."""
+import json
+import sys
+
+from benchmark import paper
+from benchmark.results import validate
+from methods.base import METHODS
+from test_results import make_record
+
+TASK = paper.PaperTask("rotten_tomatoes", {"limit_train_samples": "64"}, variants=True)
+
+
+def plan(tmp_path, seeds=(0,), tasks=(TASK,)):
+    return paper.plan_jobs(seeds, {"results_dir": str(tmp_path)}, tasks)
+
+
+def write_current(job):
+    """A results record of exactly what ``job`` plans (as ``benchmark run`` would write it)."""
+    from benchmark.config import as_dict
+    from benchmark.run import plan as run_plan
+
+    p = run_plan(job.overrides)
+    rec = make_record(method=p.run.method, task=p.run.task, seed=p.run.seed, family=p.task.family)
+    rec["run"].update(variant=p.run.variant or None, backbone=p.backbone_label, task_version=p.task.version)
+    rec["run"]["config"] = {"run": as_dict(p.run), "method": as_dict(p.method_cfg)}
+    assert validate(rec) == []
+    job.path.parent.mkdir(parents=True, exist_ok=True)
+    job.path.write_text(json.dumps(rec))
+    return rec
+
+
+def test_every_method_and_the_paper_rows_are_planned(tmp_path):
+    jobs = plan(tmp_path, seeds=(0, 1))
+    names = {j.name for j in jobs}
+    for method in METHODS:
+        assert {f"rotten_tomatoes/{method}/seed0", f"rotten_tomatoes/{method}/seed1"} <= names
+    rows = [n for n in names if "@" in n]
+    assert len(rows) == 2 * sum(len(METHODS.get(m).paper_variants) for m in METHODS) > 0
+    assert "rotten_tomatoes/mpismoe@table3-base/seed1" in names
+    assert not any(j.current for j in jobs) and {j.why for j in jobs} == {"no results yet"}
+    assert all(str(j.path).startswith(str(tmp_path)) and "train64" in str(j.path) for j in jobs)
+    # a task without variants=True plans the defaults only
+    plain = plan(tmp_path, tasks=(paper.PaperTask("rotten_tomatoes", {"limit_train_samples": "64"}),))
+    assert len(plain) == len(list(METHODS)) and not any("@" in j.name for j in plain)
+
+
+def test_a_current_result_is_skipped_and_a_changed_one_is_not(tmp_path):
+    jobs = {j.name: j for j in plan(tmp_path)}
+    lora, unipt, row = (jobs[n] for n in ("rotten_tomatoes/lora/seed0", "rotten_tomatoes/unipt/seed0",
+                                          "rotten_tomatoes/mpismoe@table3-base/seed0"))
+    write_current(lora)
+    rec = write_current(unipt)
+    rec["run"]["config"]["method"]["lr"] = 123.0  # an older default
+    unipt.path.write_text(json.dumps(rec))
+    rec = write_current(row)
+    rec["run"]["status"], rec["run"]["error"] = "failed", "RuntimeError: boom"
+    rec["metrics"]["val_best"], rec["metrics"]["test"] = {}, {}
+    row.path.write_text(json.dumps(rec))
+
+    again = {j.name: j for j in plan(tmp_path)}
+    assert again[lora.name].current and again[lora.name].why == ""
+    assert again[unipt.name].why == "method config changed: lr"
+    assert again[row.name].why == "last run failed"
+    assert sum(j.current for j in again.values()) == 1
+    # another budget is another file: the lora result above does not count for it
+    other = paper.PaperTask("rotten_tomatoes", {"limit_train_samples": "128"})
+    assert not any(j.current for j in plan(tmp_path, tasks=(other,)))
+    lora.path.write_text("{not json")
+    assert {j.name: j for j in plan(tmp_path)}[lora.name].why == "results file is corrupt"
+
+
+def test_a_failed_run_does_not_stop_the_others(tmp_path, capsys):
+    jobs = [paper.Job({"exit": str(code)}, f"t/m{i}/seed0", tmp_path / f"{i}.json", why="no results yet")
+            for i, code in enumerate([0, 3, 0])]
+    done = paper.run_jobs(jobs, workers=2, threads=1, log_dir=tmp_path / "logs",
+                          command=lambda j: [sys.executable, "-c", f"print('hi'); raise SystemExit({j.overrides['exit']})"])
+    assert sorted((j.name, rc) for j, rc in done) == [("t/m0/seed0", 0), ("t/m1/seed0", 3), ("t/m2/seed0", 0)]
+    out = capsys.readouterr().out
+    assert "FAILED t/m1/seed0 (exit 3)" in out and out.count("done  ") == 2
+    assert (tmp_path / "logs" / "t__m1__seed0.log").read_text().strip() == "hi"
+
+
+def test_dry_run_lists_without_running(tmp_path, capsys):
+    assert paper.main(["--dry-run", "--seeds", "0", f"results_dir={tmp_path}"]) == 0
+    out = capsys.readouterr().out
+    n = len(paper.plan_jobs((0,), {"results_dir": str(tmp_path)}))
+    assert f"paper: {n} runs planned, 0 current (skipped), {n} to run" in out and "would run easy_vqa/lora/seed0" in out
+    assert not (tmp_path / "runs").exists()
