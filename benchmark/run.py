@@ -179,7 +179,10 @@ def execute(p: Plan) -> dict:
                            save_weights_only=True, filename="best")
     meter = MemoryMeter(track=r.track_memory)
     loggers = _loggers(p, run_dir)
-    trainer = L.Trainer(accelerator=r.accelerator, devices=r.devices_value(), strategy=r.strategy,
+    strategy = r.strategy
+    if strategy == "ddp" and p.method_cls.may_skip_parameters:
+        strategy = "ddp_find_unused_parameters_true"
+    trainer = L.Trainer(accelerator=r.accelerator, devices=r.devices_value(), strategy=strategy,
                         num_nodes=r.num_nodes, precision=r.precision, max_epochs=r.epochs, max_steps=r.max_steps,
                         gradient_clip_val=r.grad_clip or None, val_check_interval=r.val_check_interval,
                         callbacks=[ckpt, meter], logger=loggers, enable_progress_bar=r.progress,

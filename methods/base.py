@@ -59,6 +59,10 @@ class Method(nn.Module):
     # The variants ``make paper`` runs (3 seeds each, on the sentiment task) besides the defaults: those
     # a paper table needs that no other row already measures.
     paper_variants: ClassVar[tuple[str, ...]] = ()
+    # True where a step may leave trainable parameters without a gradient (sparse expert dispatch: an
+    # expert no token chose). DDP must then look for them each step, so ``strategy=ddp`` becomes
+    # Lightning's ``ddp_find_unused_parameters_true`` for this method.
+    may_skip_parameters: ClassVar[bool] = False
 
     def __init__(self, backbone: Backbone, config: MethodConfig):
         super().__init__()

@@ -119,24 +119,44 @@ def test_a_crashing_run_is_recorded_as_failed_outside_the_results(dirs, tmp_path
     assert results.load_results(tmp_path / "results") == ([], [])  # the leaderboard sees nothing
 
 
-def test_two_processes_write_one_record_with_the_largest_peak(tmp_path):
-    """DDP on CPU (gloo), as `make bench ARGS="devices=2 strategy=ddp"` runs it: one JSON (rank 0), the
-    metrics reduced over both ranks with every test example counted once (127 = an odd split)."""
+def _two_processes(tmp_path, method, *extra):
+    """``benchmark run`` under DDP on CPU (gloo), 2 processes, as `make bench ARGS="devices=2 strategy=ddp"`."""
     import os
     import subprocess
     import sys
 
-    args = [sys.executable, "-m", "benchmark", "run", "--quick", "method=lst", "backbone=tiny-bert", "devices=2",
-            "strategy=ddp", "accelerator=cpu", "progress=false", "limit_eval_samples=127",
-            f"results_dir={tmp_path / 'results'}", f"run_dir={tmp_path / 'runs'}", "fisher_samples=8"]
+    args = [sys.executable, "-m", "benchmark", "run", "--quick", f"method={method}", "backbone=tiny-bert",
+            "devices=2", "strategy=ddp", "accelerator=cpu", "progress=false", "limit_eval_samples=127",
+            f"results_dir={tmp_path / 'results'}", f"run_dir={tmp_path / 'runs'}", *extra]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     files = list((tmp_path / "results").rglob("seed0.json"))
-    assert len(files) == 1
-    rec = json.loads(files[0].read_text())
+    assert len(files) == 1  # rank 0 writes the one record
+    return json.loads(files[0].read_text())
+
+
+@pytest.mark.parametrize("method", ["lst", "mpismoe"])
+def test_two_processes_write_one_record_with_the_largest_peak(tmp_path, method):
+    """One JSON (rank 0), the metrics reduced over both ranks with every test example counted once
+    (127 = an odd split). MP-ISMoE's sparse experts leave parameters without gradients in some steps;
+    the run asks DDP to look for them (``may_skip_parameters``) instead of failing."""
+    rec = _two_processes(tmp_path, method, *(["fisher_samples=8"] if method == "lst" else []))
     eff = rec["efficiency"]
     assert eff["num_processes"] == 2 and eff["peak_train_bytes"] > 0
     assert eff["peak_train_bytes"] == eff["tracker_peak_bytes"] == sum(eff["memory_breakdown"].values())
     correct = rec["metrics"]["test"]["acc"] * 127
     assert abs(correct - round(correct)) < 1e-3  # a whole number of the 127 examples: none counted twice
+
+
+def test_one_and_two_processes_report_the_same_test_metric_for_the_same_checkpoint(tmp_path, dirs):
+    """LoRA with a learning rate too small to move an fp32 weight: both runs test the same weights, so the
+    2-process test accuracy (each rank half the examples, reduced by torchmetrics) must equal 1 process's."""
+    quick = {"epochs": "1", "limit_train_samples": "160", "limit_eval_samples": "127", "warmup_steps": "0",
+             "official": "false", "lr": "1e-12"}
+    one = json.loads(run({**quick, **dirs, "method": "lora", "backbone": "tiny-bert", "wandb": "disabled",
+                          "progress": "false", "task": "rotten_tomatoes"}).read_text())
+    two = _two_processes(tmp_path / "ddp", "lora", "lr=1e-12")
+    assert one["efficiency"]["num_processes"] == 1 and two["efficiency"]["num_processes"] == 2
+    assert two["metrics"]["test"]["acc"] == one["metrics"]["test"]["acc"]
+    assert two["metrics"]["val_best"]["acc"] == one["metrics"]["val_best"]["acc"]

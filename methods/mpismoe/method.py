@@ -168,6 +168,7 @@ class MPISMoE(Method):
     # the named experiments (paper Tables 3 and 4, and ours): one ``make memory`` row each
     variants = {name: dict(e.overrides) for name, e in EXPERIMENTS.items()}
     paper_variants = PAPER_ROWS
+    may_skip_parameters = True  # top-k dispatch: an expert no token picked gets no gradient that step
 
     def __init__(self, backbone, config: MPISMoEConfig):
         super().__init__(backbone, config)
