@@ -66,6 +66,11 @@ def test_a_current_result_is_skipped_and_a_changed_one_is_not(tmp_path):
     # another budget is another file: the lora result above does not count for it
     other = paper.PaperTask("rotten_tomatoes", {"limit_train_samples": "128"})
     assert not any(j.current for j in plan(tmp_path, tasks=(other,)))
+    # a run-config key added since an old record was written counts as its default value, not as a change
+    rec = write_current(lora)
+    del rec["run"]["config"]["run"]["vision"]
+    lora.path.write_text(json.dumps(rec))
+    assert {j.name: j for j in plan(tmp_path)}[lora.name].current
     lora.path.write_text("{not json")
     assert {j.name: j for j in plan(tmp_path)}[lora.name].why == "results file is corrupt"
 
