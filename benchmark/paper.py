@@ -17,7 +17,6 @@ Nothing here branches on a method's or task's name.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -67,16 +66,13 @@ def _expected(plan) -> dict:
 
 def staleness(path: Path, expected: dict) -> str:
     """"" when ``path`` holds a current result for ``expected``, else why not (missing, failed, changed)."""
-    from benchmark.results import validate
+    from benchmark.results import CORRUPT, read_result
 
     if not path.is_file():
         return "no results yet"
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return "results file is corrupt"
-    if validate(record):
-        return "results file is invalid"
+    record, problem = read_result(path)
+    if problem:
+        return "results file is " + ("corrupt" if problem.startswith(CORRUPT) else "invalid")
     run, want = record["run"], expected["run"]
     if run["status"] != "ok":
         return f"last run {run['status']}"

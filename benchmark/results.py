@@ -327,14 +327,22 @@ def load_results(results_dir: str | os.PathLike) -> tuple[list[dict], list[tuple
     for path in sorted(Path(results_dir).glob("runs/**/*.json")):
         if not path.is_file():
             continue
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            problems.append((path, f"{CORRUPT}: {type(e).__name__}: {e}"))
-            continue
-        issues = validate(record)
-        if issues:
-            problems.append((path, f"{INVALID}: " + "; ".join(issues)))
-            continue
-        records.append(record)
+        record, problem = read_result(path)
+        if problem:
+            problems.append((path, problem))
+        else:
+            records.append(record)
     return records, problems
+
+
+def read_result(path: str | os.PathLike) -> tuple[dict | None, str | None]:
+    """One results file: ``(record, None)``, or ``(None, reason)`` with the reason starting "corrupt:" or
+    "invalid:"."""
+    try:
+        record = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        return None, f"{CORRUPT}: {type(e).__name__}: {e}"
+    issues = validate(record)
+    if issues:
+        return None, f"{INVALID}: " + "; ".join(issues)
+    return record, None
