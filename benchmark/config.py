@@ -127,14 +127,28 @@ def parse_overrides(items: list[str]) -> dict[str, str]:
     return out
 
 
+NESTED_SUFFIX = "_overrides"
+
+
+def _nested_field(key: str) -> str | None:
+    """``base.reduction`` -> ``base_overrides``: a dotted key goes, as a string, into the dict field named
+    after its prefix (a method's settings for a component it builds, e.g. MP-ISMoE's base method)."""
+    return key.split(".", 1)[0] + NESTED_SUFFIX if "." in key else None
+
+
 def build(cls, values: dict[str, str], owner: str, base: Any = None):
-    """Instantiate dataclass ``cls`` from string values (type-checked, validated in __post_init__)."""
+    """Instantiate dataclass ``cls`` from string values (type-checked, validated in __post_init__).
+    Dotted keys (``base.reduction=16``) are collected into their ``<prefix>_overrides`` dict field."""
     hints = typing.get_type_hints(cls)
     kwargs: dict[str, Any] = {}
     if base is not None:
         kwargs = {f.name: getattr(base, f.name) for f in fields(cls) if f.init}
     for k, v in values.items():
-        kwargs[k] = _coerce(owner, k, v, hints[k])
+        nested = _nested_field(k)
+        if nested is not None:
+            kwargs[nested] = {**kwargs.get(nested, {}), k.split(".", 1)[1]: str(v)}
+        else:
+            kwargs[k] = _coerce(owner, k, v, hints[k])
     return cls(**kwargs)
 
 
@@ -143,11 +157,12 @@ def split_overrides(values: dict[str, str], *dataclasses_: type) -> list[dict[st
     routed: list[dict[str, str]] = [{} for _ in dataclasses_]
     for k, v in values.items():
         for i, cls in enumerate(dataclasses_):
-            if k in {f.name for f in fields(cls)}:
+            if (_nested_field(k) or k) in {f.name for f in fields(cls)}:
                 routed[i][k] = v
                 break
         else:
-            valid = sorted({f.name for cls in dataclasses_ for f in fields(cls)})
+            valid = sorted({f.name if not f.name.endswith(NESTED_SUFFIX) else f.name[: -len(NESTED_SUFFIX)] + ".<key>"
+                            for cls in dataclasses_ for f in fields(cls)})
             raise ConfigError(f"unknown config key {k!r}; valid keys: {', '.join(valid)}")
     return routed
 

@@ -42,16 +42,17 @@ class Report:
     corrupt: int = 0  # unreadable JSON
     invalid: int = 0  # JSON, but not a valid results record
     duplicate: int = 0  # the same (key, seed) twice: the latest finished run is kept
+    older: int = 0  # a run of an older method version than the newest one in the results (stale code)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file or run id, why)
 
     @property
     def dropped(self) -> int:
-        return self.failed + self.interrupted + self.corrupt + self.invalid + self.duplicate
+        return self.failed + self.interrupted + self.corrupt + self.invalid + self.duplicate + self.older
 
     def lines(self) -> list[str]:
         counts = ", ".join(f"{n} {what}" for what, n in (
             ("failed", self.failed), ("interrupted", self.interrupted), ("corrupt", self.corrupt),
-            ("invalid", self.invalid), ("duplicate", self.duplicate)) if n)
+            ("invalid", self.invalid), ("duplicate", self.duplicate), ("older method version", self.older)) if n)
         head = f"leaderboard: {_count(self.used, 'run')} in {_count(self.rows, 'row')}; "
         head += f"dropped {self.dropped} ({counts})" if self.dropped else "none dropped"
         return [head] + [f"  dropped {where}: {_shorten(why)}" for where, why in self.skipped]
@@ -90,6 +91,7 @@ def _flatten(record: dict) -> dict:
     run, metrics, eff = record["run"], record["metrics"], record["efficiency"]
     row = {"task_family": run["task_family"], "task": run["task"], "task_version": run["task_version"],
            "backbone": run["backbone"], "budget": budget_label(run), "device": eff["device"], "method": method_label(run), "seed": run["seed"],
+           "method_version": run.get("method_version", 1),
            "finished_at": run["finished_at"], "higher_is_better": metrics["higher_is_better"],
            "score": metrics["test"]["score"], "val_score": metrics["val_best"].get("score"),
            "trainable_params": eff["trainable_params"], "trainable_percent": eff["trainable_percent"],
@@ -180,6 +182,13 @@ def build_leaderboard(records: Iterable[dict],
         return pd.DataFrame(columns=columns), report
 
     runs_df = pd.DataFrame(runs).sort_values("finished_at", kind="stable")
+    # a method's runs of different code versions never meet: only its newest version is kept
+    newest = runs_df.groupby("method")["method_version"].transform("max")
+    for _, r in runs_df[runs_df["method_version"] < newest].iterrows():
+        report.older += 1
+        report.skipped.append((f"{r['task']}/{r['method']}/{r['backbone']} seed {r['seed']}",
+                               f"older method version {r['method_version']}: rerun it (make paper reruns stale runs)"))
+    runs_df = runs_df[runs_df["method_version"] >= newest]
     latest = runs_df.drop_duplicates(KEYS + ["seed"], keep="last")
     for _, r in runs_df.loc[runs_df.index.difference(latest.index)].iterrows():
         report.duplicate += 1
@@ -317,8 +326,6 @@ ABLATIONS = (("Table 3", "ISMoE ablation, full-precision backbone", "table3-"),
              ("Table 4", "GNP-IQ ablation (ISMoE on)", "table4-"))
 ABLATION_METHOD = "mpismoe"
 ABLATION_ROWS = tuple(f"{ABLATION_METHOD}@{p}" for _, _, p in ABLATIONS)  # method labels of the ablation runs
-# (row without runs, row with the same configuration whose runs stand in for it; "" = the method's defaults)
-ABLATION_REUSE = (("table4-full-precision", "table3-moe-prior"), ("table4-mixed-noise", ""))
 
 
 # Rows in the paper's order (largest memory first, ours last); unknown methods after these, by name.
@@ -406,24 +413,13 @@ def _experiments() -> dict:
     return EXPERIMENTS
 
 
-def _same_config(experiments: dict, a: str, b: str) -> bool:
-    """Whether rows ``a`` and ``b`` ("" = the defaults) resolve to the same method configuration."""
-    import methods  # noqa: F401  (registers)
-    from benchmark.config import build
-    from methods.base import METHODS
-
-    cls = METHODS.get(ABLATION_METHOD).config_class
-    return build(cls, dict(experiments[a].overrides) if a else {}, ABLATION_METHOD) == \
-        build(cls, dict(experiments[b].overrides) if b else {}, ABLATION_METHOD)
-
-
 def ablation_tables(df: pd.DataFrame, experiments: dict | None = None) -> list[Table]:
     """Paper Tables 3 and 4 from ``mpismoe@table3-*`` / ``mpismoe@table4-*`` rows, per task, version,
     backbone, budget and device; nothing when there are no such runs."""
     labels = df["method"].astype(str)
     if not labels.str.startswith(ABLATION_ROWS).any():
         return []
-    ours = df[labels.str.startswith(ABLATION_ROWS) | labels.eq(ABLATION_METHOD)]  # the defaults may stand in
+    ours = df[labels.str.startswith(ABLATION_ROWS)]  # every row has a configuration (and runs) of its own
     experiments = _experiments() if experiments is None else experiments
     tables = []
     for (task, version, backbone, budget, device), g in ours.groupby(PARETO_GROUP, sort=True):
@@ -436,12 +432,6 @@ def ablation_tables(df: pd.DataFrame, experiments: dict | None = None) -> list[T
             first = None
             for i, name in enumerate(names, 1):
                 r, shown = by_row.get(name), name
-                for row, twin in ABLATION_REUSE:
-                    if name == row and r is None and twin in by_row and _same_config(experiments, row, twin):
-                        r, shown = by_row[twin], f"{name} †"
-                        twin_name = twin or f"the default {ABLATION_METHOD}"
-                        notes.append(f"† {row} has no runs of its own; it has the same configuration as {twin_name} "
-                                     f"(methods/mpismoe/experiments.py), whose runs are shown.")
                 about = re.sub(r"^Table \d+ row \d+:\s*", "", experiments[name].about)
                 if r is None:
                     rows.append([str(i), shown, about, "no runs", "", "", ""])

@@ -50,9 +50,13 @@ class METLModule(L.LightningModule):
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
         self.method.after_step(self.global_step)
+        if self.trainer.is_last_batch:
+            # The epoch's end-of-training update (GNP-IQ's re-quantization) runs here, before the epoch's
+            # validation and its checkpoint, so the model validated is the one saved and tested. In
+            # ``on_train_epoch_end`` it would run after validation and before the checkpoint is written.
+            self.method.after_epoch(self.current_epoch)
 
     def on_train_epoch_end(self):
-        self.method.after_epoch(self.current_epoch)
         for k, v in self.method.training_stats().items():
             self.log(f"train/{k}", float(v))
 

@@ -59,7 +59,8 @@ class Job:
 def _expected(plan) -> dict:
     """The part of a results record that fixes its path and says whether it is current."""
     r = plan.run
-    return {"run": {"task": r.task, "task_version": plan.task.version, "method": r.method, "variant": r.variant or None,
+    return {"run": {"task": r.task, "task_version": plan.task.version, "method": r.method,
+                    "method_version": plan.method_cls.version, "variant": r.variant or None,
                     "backbone": plan.backbone_label, "seed": r.seed,
                     "config": {"run": as_dict(r), "method": as_dict(plan.method_cfg)}}}
 
@@ -78,6 +79,9 @@ def staleness(path: Path, expected: dict) -> str:
         return f"last run {run['status']}"
     if run["task_version"] != want["task_version"]:
         return f"task version {run['task_version']} -> {want['task_version']}"
+    have_v = run.get("method_version", 1)  # records from before method versions are version 1
+    if have_v != want["method_version"]:
+        return f"method version {have_v} -> {want['method_version']}"
     from benchmark.config import RunConfig
 
     have_run, want_run = run["config"].get("run", {}), want["config"]["run"]

@@ -24,9 +24,9 @@ What a prediction is, exactly:
 - ``target=cuda`` (default) makes the choices a CUDA run makes by device type, on fake CPU tensors:
   ``dropout`` fused (a bool mask is saved, CPU saves one of the input's dtype), attention through the
   fused memory-efficient SDPA kernel (CPU's math path saves the [B, H, L, L] weights), AdamW's foreach
-  update, and MP-ISMoE's bf16 side network under ``side_precision=auto``. A fake CUDA *device* cannot
+  update. A fake CUDA *device* cannot
   run autograd on a CPU-only torch build (the autograd engine needs a CUDA device guard and accelerator
-  hooks), so autocast (``bf16-mixed``, MP-ISMoE's side network) follows CPU rules, which keep softmax,
+  hooks), so autocast (``precision=bf16-mixed``) follows CPU rules, which keep softmax,
   layer norm, pow, sum ... in bf16 where CUDA autocast runs them in fp32. Calibrated against
   protocols.md's H100 figures (T5-base encoder-decoder, batch 100): full fine-tuning 0.92-0.97, LoRA
   0.93, frozen forward 0.98 of ``max_memory_allocated`` (CPU kernels: 1.21-1.33); kernel workspaces
@@ -315,15 +315,8 @@ def _target_choices(target: str, fake: bool):
     if not fake or target != "cuda":
         yield
         return
-    import methods.mpismoe.method as mpismoe_method
-
-    probe = mpismoe_method.fast_bf16
-    mpismoe_method.fast_bf16 = lambda device_type: True  # what it answers for "cuda"
-    try:
-        with _cuda_kernels():
-            yield
-    finally:
-        mpismoe_method.fast_bf16 = probe
+    with _cuda_kernels():
+        yield
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -44,7 +44,9 @@ RUN_FIELDS = {
     "backbone": "str", "seed": "int", "status": "str", "error": "str?", "git_commit": "str?",
     "git_dirty": "bool?", "wandb_run_id": "str?", "config": "dict", "started_at": "str", "finished_at": "str",
 }
-RUN_OPTIONAL = {"variant": "str?"}  # a named configuration of the method (``variant=``); absent = none
+# variant: a named configuration of the method (``variant=``), absent = none; method_version: the
+# method's ``version`` when it ran, absent = 1 (records from before versions)
+RUN_OPTIONAL = {"variant": "str?", "method_version": "int"}
 METRICS_FIELDS = {"primary": "str", "higher_is_better": "bool", "val_best": "dict", "test": "dict"}
 EFFICIENCY_FIELDS = {
     "trainable_params": "int", "total_params": "int", "trainable_percent": "num",

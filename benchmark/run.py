@@ -212,7 +212,7 @@ def execute(p: Plan) -> dict:
     record = {
         "schema_version": results.SCHEMA_VERSION,
         "run": {"id": f"{r.task}-{_slug(r.label)}-{_slug(p.backbone_label)}-s{r.seed}-{stamp}", "method": r.method,
-                "variant": r.variant or None,
+                "method_version": p.method_cls.version, "variant": r.variant or None,
                 "task": r.task, "task_version": p.task.version, "task_family": p.task.family,
                 "backbone": p.backbone_label, "seed": r.seed, "status": "ok", "error": None, "git_commit": commit,
                 "git_dirty": dirty, "wandb_run_id": wandb_id,
@@ -290,7 +290,7 @@ def _record_failure(p: Plan, exc: BaseException) -> None:
     record = {
         "schema_version": results.SCHEMA_VERSION,
         "run": {"id": f"{r.task}-{_slug(r.label)}-{_slug(p.backbone_label)}-s{r.seed}-{status}", "method": r.method,
-                "variant": r.variant or None,
+                "method_version": p.method_cls.version, "variant": r.variant or None,
                 "task": r.task, "task_version": p.task.version, "task_family": p.task.family, "backbone": p.backbone_label,
                 "seed": r.seed, "status": status, "error": f"{type(exc).__name__}: {exc}"[:2000],
                 "git_commit": commit, "git_dirty": dirty, "wandb_run_id": None,

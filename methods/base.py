@@ -49,6 +49,11 @@ class Method(nn.Module):
 
     config_class: ClassVar[type[MethodConfig]] = MethodConfig
     about: ClassVar[str] = ""
+    # The version of the method's behaviour, recorded with every result. Bump it whenever a change of the
+    # code changes what a run of the method computes (a default, an init, a forward): results of another
+    # version are stale for ``make paper`` and are never averaged with the new ones. A method built on
+    # another (MP-ISMoE on SHERL) bumps its own version when its base's changes.
+    version: ClassVar[int] = 1
     # PETL and full fine-tuning train inside the backbone, so its dropout follows train/eval like any
     # fine-tuned model; a side method's frozen backbone is a fixed feature extractor and stays in eval.
     backbone_follows_train_mode: ClassVar[bool] = False

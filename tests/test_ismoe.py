@@ -58,7 +58,7 @@ def test_prior_is_one_per_sample_and_normalised():
     moe = make(num_experts=4, norm="softmax")
     c = moe.prior()
     assert c.shape == (3, 4)
-    torch.testing.assert_close(c.sum(-1), torch.ones(3))
+    torch.testing.assert_close(c.exp().sum(-1), torch.ones(3))  # log-probabilities: a distribution per sample
 
 
 def test_experts_start_as_perturbed_copies():
@@ -80,3 +80,54 @@ def test_load_balance_loss_is_off_by_default_and_positive_when_on():
     moe(x)
     aux = moe.pop_aux_loss()
     assert aux is not None and aux.item() > 0
+
+
+def oracle(moe: ISMoE, x: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
+    """The spec, token by token, written without ``routing()``: logits W_g x, the prior in logit space
+    (log_softmax(h0 r^T) for the softmax norm), keep the top-k logits, softmax over the kept ones only,
+    mix the chosen experts' outputs."""
+    B, L, _ = x.shape
+    out = []
+    for b in range(B):
+        prior = torch.log_softmax(h0[b] @ moe.expert_tokens.t(), dim=-1) if moe.use_prior else 0.0
+        for t in range(L):
+            logits = (moe.router.weight @ x[b, t]) + prior
+            order = sorted(range(moe.num_experts), key=lambda e: -float(logits[e]))[: moe.top_k]
+            kept = torch.stack([logits[e] for e in order])
+            w = torch.exp(kept - kept.max())
+            w = w / w.sum()
+            out.append(sum(w[i] * moe.experts[e](x[b, t]) for i, e in enumerate(order)))
+    return torch.stack(out).reshape(B, L, -1)
+
+
+@pytest.mark.parametrize("k,use_prior", [(1, True), (2, True), (3, True), (2, False)])
+def test_forward_matches_an_independent_oracle_of_the_spec(k, use_prior):
+    moe = make(num_experts=4, top_k=k, use_prior=use_prior)
+    h0 = torch.randn(3, 12)
+    moe.set_prior_input(h0)
+    x = torch.randn(3, 5, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(moe(x), oracle(moe, x, h0), rtol=1e-5, atol=1e-6)
+
+
+def test_mixing_weights_are_not_squeezed():
+    """A softmax over probabilities keeps k = 2 weights within [0.27, 0.73]; over the kept logits a
+    confident router gives its first expert nearly all the weight."""
+    moe = make(num_experts=4, top_k=2, use_prior=False)
+    with torch.no_grad():
+        moe.router.weight.zero_()
+        moe.router.weight[0, 0] = 50.0
+    x = torch.zeros(1, 1, 8)
+    x[..., 0] = 1.0
+    with torch.no_grad():
+        weights, idx, _ = moe.routing(x)
+    assert int(idx[0, 0]) == 0 and float(weights[0, 0]) > 0.99
+
+
+def test_router_entropy_and_expert_load_are_reported_and_reset():
+    moe = make(num_experts=4, top_k=2)
+    moe(torch.randn(3, 5, 8))
+    stats = moe.pop_stats()
+    assert sum(stats[f"expert{e}"] for e in range(4)) == pytest.approx(1.0)
+    assert 0 < stats["router_entropy"] <= torch.log(torch.tensor(4.0)).item() + 1e-6
+    assert moe.pop_stats() == {}  # counters reset

@@ -234,7 +234,7 @@ def ablation_records(rows):
     return out
 
 
-def test_ablation_tables_3_and_4_with_the_full_precision_row_reused(tmp_path):
+def test_ablation_tables_3_and_4(tmp_path):
     from methods.mpismoe.experiments import EXPERIMENTS
 
     records = ablation_records([("table3-base", [0.70, 0.72, 0.74], 2 * GIB),
@@ -251,27 +251,25 @@ def test_ablation_tables_3_and_4_with_the_full_precision_row_reused(tmp_path):
     assert base[3] == "72.00 ± 2.00 (3)" and base[5] == "2.000" and base[4] == ""
     assert no_prior[3] == "72.00 ± 1.41 (2)" and no_prior[4] == "+0.00" and no_prior[6] == "+1.000"
     assert prior[3] == "75.00 ± 1.00 (3)" and prior[4] == "+3.00"
-    # Table 4 row 1 has no runs: table3-moe-prior's (same config) stand in, with a footnote
-    assert t4.rows[0][1] == "table4-full-precision †" and t4.rows[0][3] == prior[3]
-    assert any("table4-full-precision has no runs of its own" in n and "table3-moe-prior" in n for n in t4.notes)
-    assert t4.rows[1][3] == "no runs" and t4.rows[3][3] == "73.00 (1)" and t4.rows[3][6] == "-3.000"
+    # Table 4 row 1 has no runs: every row has a configuration of its own, so no other row stands in
+    assert t4.rows[0][1] == "table4-full-precision" and t4.rows[0][3] == "no runs"
+    assert t4.rows[1][3] == "no runs" and t4.rows[3][3] == "73.00 (1)" and t4.rows[3][6] == ""
     assert "mpismoe@table3-base" not in set(leaderboard.glue_tables(df)[0].data["method"])  # own table only
 
     paths = leaderboard.export_ablations(df, tmp_path)
     assert [p.name for p in paths] == ["ablations.md", "ablations.tex"]
     md, tex = (p.read_text() for p in paths)
-    assert "### Table 3" in md and "### Table 4" in md and "† table4-full-precision has no runs" in md
-    assert "\\begin{tabular}" in tex and "$^\\dagger$" in tex and "table3\\_" not in tex  # no stray escapes
+    assert "### Table 3" in md and "### Table 4" in md and "†" not in md
+    assert "\\begin{tabular}" in tex and "table3\\_" not in tex  # no stray escapes
 
 
-def test_the_full_method_row_reuses_the_default_runs():
+def test_the_default_runs_never_stand_in_for_an_ablation_row():
     records = ablation_records([("table3-moe-prior", [0.74], GIB), ("table4-mixed-precision", [0.70], GIB)])
     records += [make_record(method="mpismoe", task="rte", seed=s, score=v, peak=GIB // 2)
                 for s, v in enumerate([0.76, 0.78])]
     df, _ = build_leaderboard(records)
     _, t4 = leaderboard.ablation_tables(df)
-    assert t4.rows[3][1] == "table4-mixed-noise †" and t4.rows[3][3] == "77.00 ± 1.41 (2)"
-    assert any("same configuration as the default mpismoe" in n for n in t4.notes)
+    assert t4.rows[3][1] == "table4-mixed-noise" and t4.rows[3][3] == "no runs"
     # the defaults alone make no ablation table
     assert leaderboard.ablation_tables(build_leaderboard(records[2:])[0]) == []
 
@@ -288,3 +286,16 @@ def test_no_ablation_runs_no_ablation_files(tmp_path):
     df, _ = build_leaderboard(glue_records("lora", ["rte"]))
     assert leaderboard.ablation_tables(df) == [] and leaderboard.export_ablations(df, tmp_path) == []
     assert list(tmp_path.iterdir()) == []
+
+
+def test_runs_of_an_older_method_version_are_dropped_never_averaged():
+    old = [make_record(method="sherl", task="rte", seed=s, score=0.9) for s in range(2)]  # no version: 1
+    new = [make_record(method="sherl", task="rte", seed=s, score=0.6) for s in range(2)]
+    for r in new:
+        r["run"]["method_version"] = 2
+    lora = make_record(method="lora", task="rte", seed=0, score=0.7)
+    df, report = build_leaderboard(old + new + [lora])
+    row = df[df["method"] == "sherl"].iloc[0]
+    assert int(row["n"]) == 2 and row["score_mean"] == pytest.approx(0.6)
+    assert report.older == 2 and "2 older method version" in str(report)
+    assert int(df[df["method"] == "lora"].iloc[0]["n"]) == 1  # other methods untouched

@@ -1,5 +1,6 @@
-"""SHERL: the side modules and exactly the backbone's last layer train; the redundancy weighting and the
-tanh gate do what the reference code does."""
+"""SHERL: as published only the side modules train (gradient passes through the frozen last layer);
+``sherl@late-layer`` trains exactly that layer too; the redundancy weighting and the tanh gate do what the
+reference code does."""
 import math
 
 import pytest
@@ -29,8 +30,24 @@ def late_prefix(method) -> str:
 
 
 @pytest.mark.parametrize("backbone", BACKBONES)
-def test_side_modules_and_the_late_layer_train_nothing_else(backbone):
+def test_by_default_only_the_side_modules_train(backbone):
+    """The public code unfreezes only modules named "side": the late layer stays frozen."""
+    import methods.sherl  # noqa: F401
+
+    from methods.sherl import SHERL
+
     module = build(backbone)
+    names = {n for n, _ in module.named_parameters()}
+    side = {n for n in names if n.startswith("head.") or (n.startswith("method.") and not n.startswith("method.backbone."))}
+    assert {n for n, p in module.named_parameters() if p.requires_grad} == side
+    changed, with_grad = one_step(module, tiny_batch(module.method.backbone))
+    assert changed == side
+    assert SHERL.variants["late-layer"] == {"train_late_layer": "true"} and SHERL.version >= 2
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_late_layer_variant_trains_the_side_modules_and_the_late_layer_nothing_else(backbone):
+    module = build(backbone, train_late_layer=True)
     method = module.method
     batch = tiny_batch(method.backbone)
     late = late_prefix(method)

@@ -11,11 +11,6 @@ HEAD = "head."
 SIDE = lambda n, m: n.startswith("method.") and not n.startswith("method.backbone.")  # noqa: E731
 
 
-def last_layer(n, m):
-    """True for the parameters of the backbone's last layer."""
-    return any(p is dict(m.named_parameters())[n] for p in m.method.backbone.layers[-1].parameters())
-
-
 # What each method's paper trains (besides the task head), as a predicate on (parameter name, module).
 # Every registered method must have an entry.
 TRAINS = {
@@ -25,8 +20,8 @@ TRAINS = {
     "side_tuning": SIDE,
     "lst": SIDE,
     "unipt": SIDE,
-    "sherl": lambda n, m: SIDE(n, m) or last_layer(n, m),  # SHERL's late route trains the last layer
-    "mpismoe": lambda n, m: SIDE(n, m) or last_layer(n, m),  # on SHERL: + the last layer's GNP noise
+    "sherl": SIDE,  # as published: gradient passes through the frozen last layer, only side modules train
+    "mpismoe": SIDE,  # on SHERL as published: no backbone weight trains, so no GNP-IQ noise either
 }
 # Trainable parameters a two-step toy batch may leave unchanged: an expert no token was routed to.
 MAY_STAY = {"mpismoe": lambda n: ".experts." in n}

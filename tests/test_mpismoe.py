@@ -8,6 +8,8 @@ from torch import nn
 from helpers import build_module, inputs, one_step, tiny_batch, toy_task
 
 BASES = ("lst", "unipt", "sherl")
+# SHERL's late layer trained (the Table 4 rows): the backbone weights GNP-IQ's noise and re-quantization act on
+LATE = {"base_overrides": {"train_late_layer": "true"}}
 
 
 def build(backbone="tiny-bert", **cfg):
@@ -21,7 +23,7 @@ _CACHE: dict = {}
 
 def built(backbone="tiny-bert", **cfg):
     """A shared module for tests that only inspect it (building quantizes the 30522-row table: ~0.5 s)."""
-    key = (backbone, tuple(sorted(cfg.items())))
+    key = (backbone, repr(sorted(cfg.items())))
     if key not in _CACHE:
         _CACHE[key] = build(backbone, **cfg)
     return _CACHE[key]
@@ -60,18 +62,19 @@ def is_side(name: str) -> bool:
 
 # --- every base, both bit widths -----------------------------------------------------------------
 @pytest.mark.parametrize("bits", [8, 4])
-@pytest.mark.parametrize("base", BASES)
-def test_every_base_builds_and_trains_only_its_parameters(base, bits):
+@pytest.mark.parametrize("base,late_layer", [("lst", False), ("unipt", False), ("sherl", False), ("sherl", True)])
+def test_every_base_builds_and_trains_only_its_parameters(base, late_layer, bits):
     from methods.mpismoe.ismoe import ISMoE
 
-    module = build(base=base, bits=bits)
+    module = build(base=base, bits=bits, **(LATE if late_layer else {}))
     method = module.method
     QuantLinear, QuantEmbedding, _, NoisyQuantLinear = quant_types()
     mods = list(method.backbone.model.modules())
     assert not any(type(m) in (nn.Linear, nn.Embedding) for m in mods)  # every backbone weight quantized
     assert all(m.bits == bits for m in mods if isinstance(m, (QuantLinear, QuantEmbedding, NoisyQuantLinear)))
     assert len(method.moes) == len(method.slots) > 0 and all(isinstance(m, ISMoE) for m in method.moes)
-    late = {id(p) for p in method.backbone.layers[-1].parameters()} if base == "sherl" else set()
+    assert (len(method.noisy) > 0) is late_layer  # as published, SHERL trains no backbone weight
+    late = {id(p) for p in method.backbone.layers[-1].parameters()} if late_layer else set()
     expected = {n for n, p in module.named_parameters() if is_side(n) or id(p) in late}
     assert set(trainable(module)) == expected
     changed, _ = one_step(module, tiny_batch(method.backbone))
@@ -87,8 +90,7 @@ def test_every_base_builds_and_trains_only_its_parameters(base, bits):
 def test_one_expert_without_quantization_is_the_base_method(base, backbone):
     """N = 1, k = 1, no perturbation: the MoE is its FFN, so every slot (LST's split BERT FFN, T5's dense
     block, UniPT/SHERL's ffn) computes exactly what the base computed."""
-    ours = build(backbone, base=base, quantize_backbone=False, num_experts=1, top_k=1, expert_perturb=0.0,
-                 side_precision="fp32").eval()
+    ours = build(backbone, base=base, quantize_backbone=False, num_experts=1, top_k=1, expert_perturb=0.0).eval()
     plain = build_module(base, backbone).eval()
     assert len(ours.method.moes) > 0
     batch = inputs(tiny_batch(plain.method.backbone))
@@ -233,8 +235,8 @@ def test_no_quantized_backbone_is_the_fp32_backbone():
 
 def test_quantized_layernorm_changes_only_the_layernorms():
     QuantLayerNorm = quant_types()[2]
-    a = built().method
-    b = built(quantize_layernorm=True).method
+    a = built(**LATE).method
+    b = built(quantize_layernorm=True, **LATE).method
     ta = dict(a.backbone.model.named_modules())
     tb = dict(b.backbone.model.named_modules())
     late = {id(m) for m in b.backbone.layers[-1].modules()}
@@ -260,8 +262,8 @@ def test_quantized_layernorm_changes_only_the_layernorms():
 
 
 def test_no_noise_drops_exactly_the_noise_parameters():
-    a = dict(built().method.named_parameters())
-    b = dict(built(noise=False).method.named_parameters())
+    a = dict(built(**LATE).method.named_parameters())
+    b = dict(built(noise=False, **LATE).method.named_parameters())
     noise = {n for n in a if n.endswith(("noise_mu", "noise_log_sigma"))}
     assert noise and not any(n.endswith(("noise_mu", "noise_log_sigma")) for n in b)
     assert set(b) == set(a) - noise
@@ -276,9 +278,10 @@ def test_no_moe_trains_what_the_base_trains(base):
     assert not any(isinstance(m, ISMoE) for m in module.modules()) and len(module.method.moes) == 0
     plain = build_module(base)
     assert sum(trainable(module.method).values()) == sum(trainable(plain.method).values())
-    if base == "sherl":  # with noise: + mu and log sigma of every trained (noisy) linear
-        noisy = build(base=base, moe=False).method
-        assert sum(trainable(noisy).values()) == sum(trainable(plain.method).values()) + 2 * len(noisy.noisy)
+    if base == "sherl":  # late layer trained, with noise: + mu and log sigma of every trained (noisy) linear
+        noisy = build(base=base, moe=False, **LATE).method
+        late = build_module(base, train_late_layer=True)
+        assert sum(trainable(noisy).values()) == sum(trainable(late.method).values()) + 2 * len(noisy.noisy)
 
 
 def test_no_prior_has_no_expert_tokens_and_ignores_h0():
@@ -324,7 +327,7 @@ def test_requantization_schedule(monkeypatch, every, requantize):
 
     calls = []
     monkeypatch.setattr(NoisyQuantLinear, "requantize", lambda self, p: calls.append(p))
-    method = build(requant_every_steps=every, requantize=requantize, requant_fraction=0.2).method
+    method = build(requant_every_steps=every, requantize=requantize, requant_fraction=0.2, **LATE).method
     per_call = len(method.noisy)
     assert per_call > 0
     for step in range(1, 7):
@@ -341,7 +344,7 @@ def test_requantization_schedule(monkeypatch, every, requantize):
 
 
 def test_checkpoint_keeps_the_refitted_scales():
-    module = build()
+    module = build(**LATE)
     method = module.method
     torch.manual_seed(1)
     with torch.no_grad():
@@ -355,7 +358,7 @@ def test_checkpoint_keeps_the_refitted_scales():
         for buf in ("scales", "zeros"):
             assert f"method.backbone.model.{name}.{buf}" in kept
     assert not any(k.endswith(".packed") for k in kept)  # frozen codes are not checkpointed
-    fresh = build()
+    fresh = build(**LATE)
     key = f"method.backbone.model.{method.noisy[0]}.scales"
     assert not torch.equal(fresh.state_dict()[key], ckpt["state_dict"][key])
     fresh.load_state_dict(ckpt["state_dict"], strict=False)
@@ -368,7 +371,7 @@ def test_logical_parameter_count_equals_the_fp32_model():
 
     fp = built(quantize_backbone=False).method
     for noise in (False, True):
-        q = built(quantize_layernorm=True, noise=noise).method
+        q = built(quantize_layernorm=True, noise=noise, **LATE).method
         extra = 2 * len(q.noisy) if noise else 0  # noise mu, log sigma: real parameters of their own
         assert logical_parameter_count(q) == logical_parameter_count(fp) + extra
         assert logical_parameter_count(q.backbone) == logical_parameter_count(fp.backbone) + extra
@@ -391,11 +394,83 @@ def test_named_experiments_are_valid_configs_and_memory_rows():
     for name, e in EXPERIMENTS.items():
         assert rows[name] == ("mpismoe", e.overrides)
         cfgs[name] = build_config(MPISMoEConfig, e.overrides, "mpismoe")
-    c = cfgs
-    assert not c["table3-base"].moe and not c["table3-base"].quantize_backbone
-    assert c["table3-moe-no-prior"].moe and not c["table3-moe-no-prior"].prior and c["table3-moe-prior"].prior
-    assert not c["table4-full-precision"].quantize_backbone
-    assert c["table4-unified-low-precision"].quantize_layernorm and not c["table4-unified-low-precision"].noise
-    assert not c["table4-mixed-precision"].quantize_layernorm and not c["table4-mixed-precision"].noise
-    assert c["table4-mixed-noise"].noise and c["table4-mixed-noise"].quantize_backbone
-    assert c["table4-mixed-noise"] == MPISMoEConfig()  # the full method is the default
+    assert {"mpismoe-bf16"} & set(EXPERIMENTS) == set()  # precision is the run's, never a variant
+
+
+def resolved(overrides: dict) -> dict:
+    """A row's full configuration: its own keys plus every key of the base method it builds."""
+    from benchmark.config import as_dict, build as build_config
+    from methods.mpismoe.method import MPISMoEConfig
+
+    cfg = build_config(MPISMoEConfig, overrides, "mpismoe")
+    flat = {k: v for k, v in as_dict(cfg).items() if k != "base_overrides"}
+    flat.update({f"base.{k}": v for k, v in as_dict(cfg.base_config()).items()})
+    return flat
+
+
+def test_each_ablation_row_differs_from_the_row_before_by_exactly_its_switch():
+    from methods.mpismoe.experiments import EXPERIMENTS, PAPER_ROWS, TABLE_CHAINS
+
+    for chain in TABLE_CHAINS:
+        for prev, row in zip(chain, chain[1:]):
+            a, b = resolved(EXPERIMENTS[prev].overrides), resolved(EXPERIMENTS[row].overrides)
+            changed = {k for k in a if a[k] != b[k]}
+            assert changed == set(EXPERIMENTS[row].switch), (prev, row, changed)
+    assert set(PAPER_ROWS) == {r for chain in TABLE_CHAINS for r in chain}
+    # every row resolves to a configuration of its own: no row's runs can stand in for another's
+    configs = [resolved(EXPERIMENTS[r].overrides) for r in PAPER_ROWS] + [resolved({})]
+    assert all(a != b for i, a in enumerate(configs) for b in configs[i + 1:])
+
+
+def test_table3_base_is_sherl_as_published():
+    from benchmark.config import as_dict
+    from methods.sherl import SherlConfig
+
+    base = resolved(__import__("methods.mpismoe.experiments", fromlist=["x"]).EXPERIMENTS["table3-base"].overrides)
+    assert {k[5:]: v for k, v in base.items() if k.startswith("base.")} == as_dict(SherlConfig())
+    assert not base["moe"] and not base["quantize_backbone"] and base["base"] == "sherl"
+    assert not SherlConfig().train_late_layer  # the public code trains only the side modules
+
+
+def test_base_settings_from_the_command_line():
+    from benchmark.errors import UserError as ConfigError  # either ConfigError (run or method config)
+    from benchmark.run import plan
+
+    p = plan({"method": "mpismoe", "backbone": "tiny-bert", "base.reduction": "16", "base.train_late_layer": "true"})
+    assert p.method_cfg.base_overrides == {"reduction": "16", "train_late_layer": "true"}
+    assert p.method_cfg.base_config().reduction == 16 and p.method_cfg.base_config().train_late_layer
+    with pytest.raises(ConfigError, match="unknown config key 'base.nope'.*base.reduction"):
+        plan({"method": "mpismoe", "backbone": "tiny-bert", "base.nope": "1"})
+    with pytest.raises(ConfigError, match="reduction"):
+        plan({"method": "mpismoe", "backbone": "tiny-bert", "base.reduction": "x"})
+    with pytest.raises(ConfigError, match="unknown config key 'base.reduction'"):
+        plan({"method": "lora", "backbone": "tiny-bert", "base.reduction": "16"})
+    module = build(**{"base_overrides": {"reduction": "16"}})
+    assert module.method.base.d_side == module.method.backbone.hidden_size // 16
+
+
+def test_noise_mean_is_applied_in_eval_too_in_quantization_steps():
+    from methods.mpismoe.noisy import NoisyQuantLinear
+
+    torch.manual_seed(0)
+    layer = NoisyQuantLinear(nn.Linear(64, 8), bits=8, group_size=32)
+    step = layer.step_size()
+    assert torch.equal(step[:, :32], layer.scales[:, :1].float().expand(-1, 32))  # each weight's group step
+    with torch.no_grad():
+        layer.noise_mu.fill_(0.7)
+    layer.eval()
+    torch.testing.assert_close(layer.perturbed(), layer.weight + 0.7 * step)  # eval sees the noise's mean
+    layer.train()
+    with torch.no_grad():
+        mean = torch.stack([layer.perturbed() for _ in range(4000)]).mean(0)
+    assert ((mean - layer.weight) / step - 0.7).abs().max() < 0.1  # training's noise has that mean
+    assert layer.noise_stats() == pytest.approx({"mu": 0.7, "sigma": 0.5})
+
+
+def test_training_stats_log_router_entropy_load_and_the_noise():
+    module = build(**LATE)
+    one_step(module, tiny_batch(module.method.backbone))
+    stats = module.method.training_stats()
+    assert any(k.endswith("/router_entropy") for k in stats) and "moe0/expert0" in stats
+    noise = {k for k in stats if k.startswith("gnpiq/")}
+    assert noise == {f"gnpiq/{n}/{s}" for n in module.method.noisy for s in ("mu", "sigma")}

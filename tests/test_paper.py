@@ -22,7 +22,8 @@ def write_current(job):
 
     p = run_plan(job.overrides)
     rec = make_record(method=p.run.method, task=p.run.task, seed=p.run.seed, family=p.task.family)
-    rec["run"].update(variant=p.run.variant or None, backbone=p.backbone_label, task_version=p.task.version)
+    rec["run"].update(variant=p.run.variant or None, backbone=p.backbone_label, task_version=p.task.version,
+                      method_version=p.method_cls.version)
     rec["run"]["config"] = {"run": as_dict(p.run), "method": as_dict(p.method_cfg)}
     assert validate(rec) == []
     job.path.parent.mkdir(parents=True, exist_ok=True)
@@ -71,6 +72,13 @@ def test_a_current_result_is_skipped_and_a_changed_one_is_not(tmp_path):
     del rec["run"]["config"]["run"]["vision"]
     lora.path.write_text(json.dumps(rec))
     assert {j.name: j for j in plan(tmp_path)}[lora.name].current
+    # a result of an older method version is stale (records from before versions are version 1)
+    sherl = jobs["rotten_tomatoes/sherl/seed0"]
+    rec = write_current(sherl)
+    assert {j.name: j for j in plan(tmp_path)}[sherl.name].current
+    del rec["run"]["method_version"]
+    sherl.path.write_text(json.dumps(rec))
+    assert {j.name: j for j in plan(tmp_path)}[sherl.name].why == f"method version 1 -> {METHODS.get('sherl').version}"
     lora.path.write_text("{not json")
     assert {j.name: j for j in plan(tmp_path)}[lora.name].why == "results file is corrupt"
 

@@ -4,9 +4,17 @@ A side network's FFN becomes N experts (copies of that FFN, slightly perturbed s
 Each token is routed to its top-k experts; the routing is refined by an interaction prior computed
 once per sample from the frozen backbone's salient token h0 and N learnable expert tokens r:
 
-    c = Norm(h0 r^T)                 (one distribution over experts per sample)
-    g'(x) = (softmax(W_g x) + c) / 2
-    top-k of g', softmax over the kept values, output = sum_i G_i(x) E_i(x)
+    router logits   g(x) = W_g x                  [tokens, N]
+    prior (logits)  c = Norm(h0 r^T)              [samples, N], shared by a sample's tokens
+    refined logits  g'(x) = g(x) + c
+    keep the top-k of g'(x), G = softmax over the kept logits, output = sum_{i in top-k} G_i(x) E_i(x)
+
+The paper writes the refinement as (softmax(g) + c) / 2 on probabilities and then "top-k and softmax";
+taking a softmax of probabilities squeezes the mixing weights (with k = 2 they stay within 0.27-0.73
+whatever the router learns), so the prior is added in logit space instead: with ``norm="softmax"``
+c = log_softmax(h0 r^T), and softmax over the kept g + c is the renormalised product softmax(g) * c
+of the two distributions (the logit-space counterpart of averaging them); ``l2`` / ``layernorm`` add the
+normalised prior logits as they are.
 
 Dispatch is sparse: an expert runs only on the tokens routed to it, so only those activations are
 kept for backward. ``dense_forward`` runs every expert on every token and masks: the test oracle.
@@ -46,6 +54,8 @@ class ISMoE(nn.Module):
         nn.init.normal_(self.router.weight, std=0.02)
         self.expert_tokens = nn.Parameter(torch.randn(num_experts, prior_dim) * 0.02) if use_prior else None
         self.register_buffer("usage", torch.zeros(num_experts), persistent=False)  # tokens per expert
+        self.register_buffer("entropy_sum", torch.zeros(()), persistent=False)  # router entropy, summed
+        self.register_buffer("entropy_tokens", torch.zeros(()), persistent=False)
         self._prior_input: torch.Tensor | None = None
         self._aux: torch.Tensor | None = None
 
@@ -55,24 +65,35 @@ class ISMoE(nn.Module):
         self._prior_input = h0
 
     def prior(self) -> torch.Tensor:
+        """The interaction prior in logit space, [B, N] (see the module docstring)."""
         logits = self._prior_input.to(self.expert_tokens.dtype) @ self.expert_tokens.t()  # [B, N]
         if self.norm == "softmax":
-            return logits.softmax(-1)
+            return logits.log_softmax(-1)
         if self.norm == "l2":
             return F.normalize(logits, dim=-1)
         return F.layer_norm(logits, (self.num_experts,))
 
-    def routing(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(top-k weights [T, k], top-k expert ids [T, k], router probabilities [T, N]) for x [B, L, d]."""
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Refined router logits g'(x) = W_g x (+ prior), float32, [B * L, N] for x [B, L, d]."""
         B, L, _ = x.shape
-        probs = self.router(x).float().softmax(-1)  # [B, L, N]
-        g = probs
+        g = self.router(x).float()  # [B, L, N]
         if self.use_prior:
             if self._prior_input is None:
                 raise RuntimeError("ISMoE: set_prior_input(h0) must be called before forward")
-            g = (probs + self.prior().float()[:, None, :]) / 2
-        top_val, top_idx = g.reshape(B * L, -1).topk(self.top_k, dim=-1)
-        return top_val.softmax(-1), top_idx, probs.reshape(B * L, -1)
+            g = g + self.prior().float()[:, None, :]
+        return g.reshape(B * L, -1)
+
+    def routing(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(top-k weights [T, k], top-k expert ids [T, k], router probabilities [T, N]) for x [B, L, d]:
+        top-k over the refined logits, softmax over the kept logits only."""
+        logits = self.logits(x)
+        top_val, top_idx = logits.topk(self.top_k, dim=-1)
+        probs = logits.softmax(-1)
+        with torch.no_grad():  # router entropy over all N experts, averaged over tokens (logged per epoch)
+            ent = -(probs * probs.clamp_min(1e-12).log()).sum(-1)
+            self.entropy_sum += ent.sum()
+            self.entropy_tokens += ent.numel()
+        return top_val.softmax(-1), top_idx, probs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, L, d = x.shape
@@ -104,6 +125,20 @@ class ISMoE(nn.Module):
         full.scatter_(1, idx, weights)
         ys = torch.stack([e(x.reshape(B * L, d)) for e in self.experts], 1)  # [T, N, d_out]
         return (ys * full.unsqueeze(-1).to(ys.dtype)).sum(1).reshape(B, L, -1)
+
+    def pop_stats(self) -> dict[str, float]:
+        """Expert load (fraction of routed token slots per expert) and mean router entropy (nats) since
+        the last call; resets the counters."""
+        out = {}
+        total = float(self.usage.sum())
+        if total > 0:
+            out.update({f"expert{e}": n / total for e, n in enumerate(self.usage.tolist())})
+        if float(self.entropy_tokens) > 0:
+            out["router_entropy"] = float(self.entropy_sum / self.entropy_tokens)
+        self.usage.zero_()
+        self.entropy_sum.zero_()
+        self.entropy_tokens.zero_()
+        return out
 
     def pop_aux_loss(self) -> torch.Tensor | None:
         aux, self._aux = self._aux, None

@@ -14,7 +14,16 @@ Built by composition, so the base method's code is the one its own row runs:
    by the interaction prior from the backbone's salient token. A slot is an ``FFNSlot`` (get /
    install / restore; LST's narrow backbone layers split their FFN over two submodules) or a
    ``(parent, attr)`` pair (UniPT, SHERL);
-4. the side network runs under 16-bit autocast (``side_precision``) with fp32 master weights.
+4. numeric precision is the run's (``precision=``), the same for every row of a comparison: the paper's
+   16-bit side network is a ``precision=bf16-mixed`` run, which gives every method the same autocast.
+   Nothing here looks at the device's capabilities.
+
+The base is built with its own defaults (SHERL as published: only side modules train) plus
+``base.<key>=<value>`` overrides from the command line or a variant (``base_overrides``); the rows of
+Table 4 train SHERL's late layer (``base.train_late_layer=true``), the setting in which backbone weights
+change during training and GNP-IQ's training-time part (noise, re-quantization) has something to act on.
+With the faithful base no backbone weight trains, every backbone linear is a frozen ``QuantLinear``, and
+the ``noise``/``requantize`` switches have nothing to act on (``quant_stats["trained"] == 0``).
 Every paper ablation is a switch: quantize_backbone, quantize_layernorm, noise, moe, prior; the rows
 of the paper's Tables 3 and 4 are named in ``experiments.py``.
 
@@ -27,17 +36,15 @@ weights are not kept after construction), then fresh ISMoEs are built from the i
 from __future__ import annotations
 
 import copy
-import functools
-from contextlib import contextmanager, nullcontext
-from pathlib import Path
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from benchmark.backbones.base import FFNSlot, as_slot
-from methods.base import METHODS, Method, MethodConfig
+from methods.base import METHODS, ConfigError, Method, MethodConfig
 from methods.mpismoe.experiments import EXPERIMENTS, PAPER_ROWS
 from methods.mpismoe.ismoe import NORMS, ISMoE
 from methods.mpismoe.noisy import NoisyQuantLinear
@@ -46,28 +53,15 @@ from methods.mpismoe.quant import SUPPORTED_BITS, quantize
 from methods.side import FROZEN_STATES, frozen_hidden_states
 
 BASES = ("lst", "unipt", "sherl")
-SIDE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None, "auto": "auto"}
-
-
-@functools.lru_cache(maxsize=None)
-def fast_bf16(device_type: str) -> bool:
-    """bf16 pays off on CUDA and on CPUs with native bf16 matmul (AMX / AVX512-BF16); on a plain AVX2
-    CPU a bf16 matmul is emulated and measured ~6x slower than fp32 here, for no memory pressure."""
-    if device_type == "cuda":
-        return True
-    if device_type == "cpu":
-        try:
-            flags = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return False
-        return "amx_bf16" in flags or "avx512_bf16" in flags
-    return False
 
 
 @dataclass
 class MPISMoEConfig(MethodConfig):
     lr: float = 3e-3  # the base methods' (LST/SHERL) GLUE learning rate; the paper gives none
     base: str = "sherl"
+    # the base's own config keys, set as ``base.<key>=<value>`` (e.g. base.reduction=16); the rest keep
+    # the base method's defaults
+    base_overrides: dict = field(default_factory=dict)
     # GNP-IQ
     quantize_backbone: bool = True  # False: the full-precision-backbone ablation
     bits: int = 8  # the paper's n
@@ -86,7 +80,6 @@ class MPISMoEConfig(MethodConfig):
     prior_norm: str = "softmax"
     expert_perturb: float = 0.01
     balance_coef: float = 0.0  # Switch-style load balance, off as in the paper
-    side_precision: str = "auto"  # bf16 | fp16 | fp32 | auto (bf16 where the device has fast bf16, else fp32)
 
     def __post_init__(self):
         super().__post_init__()
@@ -100,7 +93,19 @@ class MPISMoEConfig(MethodConfig):
         self.check(self.prior_norm in NORMS, "prior_norm", f"must be one of {', '.join(NORMS)}")
         self.check(self.expert_perturb >= 0, "expert_perturb", "must be >= 0")
         self.check(self.balance_coef >= 0, "balance_coef", "must be >= 0")
-        self.check(self.side_precision in SIDE_DTYPES, "side_precision", "must be bf16, fp16, fp32 or auto")
+        self.base_config()  # a bad base.<key> fails here, as one line
+
+    def base_config(self) -> MethodConfig:
+        """The base method's config: its defaults plus ``base_overrides`` (validated like any config)."""
+        from benchmark.config import build
+
+        cls = METHODS.get(self.base).config_class
+        valid = cls.field_names()
+        for k in self.base_overrides:
+            if k not in valid:
+                raise ConfigError(f"unknown config key 'base.{k}' for base {self.base!r}; valid keys: "
+                                  + ", ".join(f"base.{v}" for v in valid))
+        return build(cls, {k: str(v) for k, v in self.base_overrides.items()}, f"base {self.base}")
 
 
 class QuantLayerNorm(nn.Module):
@@ -165,6 +170,10 @@ def _first_linear(module: nn.Module) -> nn.Linear:
 class MPISMoE(Method):
     config_class = MPISMoEConfig
     about = "MP-ISMoE: GNP-IQ quantized backbone + interactive side MoE (base: lst | unipt | sherl)"
+    # 2: one run-level precision (no bf16 side network of its own), GNP-IQ ranges contain every group,
+    # re-quantization before validation, noise mean applied in eval too (in quantization steps), router
+    # softmax over the kept logits with the prior in logit space, SHERL base as published (version 2)
+    version = 2
     # the named experiments (paper Tables 3 and 4, and ours): one ``make memory`` row each
     variants = {name: dict(e.overrides) for name, e in EXPERIMENTS.items()}
     paper_variants = PAPER_ROWS
@@ -172,8 +181,7 @@ class MPISMoE(Method):
 
     def __init__(self, backbone, config: MPISMoEConfig):
         super().__init__(backbone, config)
-        base_cls = METHODS.get(config.base)
-        self.base = base_cls(backbone, base_cls.config_class())
+        self.base = METHODS.get(config.base)(backbone, config.base_config())
         if not hasattr(self.base, "side_ffn_slots"):
             raise ValueError(f"base {config.base!r} exposes no side FFN slots for ISMoE")
         self.noisy: list[str] = []
@@ -324,25 +332,19 @@ class MPISMoE(Method):
         h0 = self.backbone.salient(states[-1], ctx.attention_mask)
         for moe in self.moes:
             moe.set_prior_input(h0)
-        device = states[-1].device.type
-        dtype = SIDE_DTYPES[self.config.side_precision]
-        if dtype == "auto":
-            dtype = torch.bfloat16 if fast_bf16(device) else None
-        with torch.autocast(device, dtype=dtype) if dtype is not None else nullcontext():
-            features = self.base({**batch, FROZEN_STATES: (states, ctx)})
-        return features.float()
+        return self.base({**batch, FROZEN_STATES: (states, ctx)})
 
     def extra_loss(self):
         losses = [a for a in (m.pop_aux_loss() for m in self.moes) if a is not None]
         return torch.stack(losses).sum() if losses else None
 
     def training_stats(self) -> dict[str, float]:
-        """Fraction of routed token slots per expert and layer since the last call."""
+        """Per side layer since the last call: each expert's share of the routed token slots (load) and
+        the router's mean entropy; per noise-perturbed backbone layer: GNP-IQ's mu and sigma (in
+        quantization steps)."""
         out = {}
         for i, moe in enumerate(self.moes):
-            total = float(moe.usage.sum())
-            if total > 0:
-                for e, n in enumerate(moe.usage.tolist()):
-                    out[f"moe{i}/expert{e}"] = n / total
-            moe.usage.zero_()
+            out.update({f"moe{i}/{k}": v for k, v in moe.pop_stats().items()})
+        for name, layer in zip(self.noisy, self.noisy_layers()):
+            out.update({f"gnpiq/{name}/{k}": v for k, v in layer.noise_stats().items()})
         return out

@@ -7,8 +7,15 @@ with learnable mu and sigma. What we build (mpismoe.md section 2):
 - a full-precision master weight (trainable), as mixed-precision training does;
 - the forward uses the master fake-quantized with the per-group (s, z) held as buffers, gradients
   pass straight through the rounding (STE) to the master;
-- with ``noise`` on, training forwards see master + eps, eps = mu + sigma * N(0, 1) (reparameterized,
-  so mu and log sigma learn from the task loss), a learnable mu and sigma per layer;
+- with ``noise`` on, the weights are perturbed by eps ~ N(mu, sigma^2) (reparameterized, so mu and
+  log sigma learn from the task loss), one learnable mu and sigma per layer, both **in units of each
+  group's quantization step** s_g: eps = s_g (mu + sigma N(0, 1)). Training forwards see
+  master + eps; evaluation sees master + s_g mu, the noise's mean, so the model that is validated and
+  tested is the expectation of the one trained (a mean used only in training would shift every weight
+  by mu between train and eval). Step units keep mu and sigma on the scale the re-quantization acts on
+  (a shift of one step moves a code by one level, whatever the layer's magnitude) instead of an
+  absolute scalar that an lr of 3e-3 can push past the weights' own scale; sigma starts at half a step,
+  the rounding interval (the previous 1 % of the weight std was ~0.4 step at 8 bits, and never moved);
 - ``requantize(p)`` refits (s, z) of a random fraction p of the groups with GNP-IQ on the perturbed
   master; the other groups keep theirs exactly.
 """
@@ -25,7 +32,7 @@ from methods.mpismoe.quant import DEFAULT_GROUP_SIZE, gnpiq_quantize
 
 class NoisyQuantLinear(nn.Module):
     def __init__(self, linear: nn.Linear, bits: int, group_size: int = DEFAULT_GROUP_SIZE, noise: bool = True,
-                 init_sigma: float = 1e-2, seed: int = 0):
+                 init_sigma: float = 0.5, seed: int = 0):
         super().__init__()
         w = linear.weight.detach().float()
         self.bits, self.noise = bits, noise
@@ -36,10 +43,9 @@ class NoisyQuantLinear(nn.Module):
         self.group = qt.group_size
         self.register_buffer("scales", qt.scales.clone())
         self.register_buffer("zeros", qt.zeros.clone())
-        std = float(w.std())
+        # mu and sigma in quantization steps of each group; sigma log-parameterised so it stays positive
         self.noise_mu = nn.Parameter(torch.zeros(())) if noise else None
-        # sigma relative to the weight scale; log-parameterised so it stays positive
-        self.noise_log_sigma = nn.Parameter(torch.tensor(math.log(init_sigma * std))) if noise else None
+        self.noise_log_sigma = nn.Parameter(torch.tensor(math.log(init_sigma))) if noise else None
         self.generator = torch.Generator().manual_seed(seed)
 
     # --- grouping helpers -------------------------------------------------------------------
@@ -52,12 +58,26 @@ class NoisyQuantLinear(nn.Module):
             w = torch.cat([w, w[:, -1:].expand(-1, pad)], 1)
         return w.reshape(self.out_features, -1, self.group)
 
+    def step_size(self) -> torch.Tensor:
+        """Each weight's group scale s_g (its quantization step), [out, in]."""
+        s = self.scales.float().unsqueeze(-1).expand(-1, -1, self.group)
+        return s.reshape(self.out_features, -1)[:, : self.in_features]
+
     def perturbed(self) -> torch.Tensor:
+        """master + s_g (mu + sigma eps) in training, master + s_g mu in evaluation (the noise's mean)."""
         w = self.weight
-        if self.noise and self.training:
-            eps = torch.randn_like(w)
-            w = w + self.noise_mu + self.noise_log_sigma.exp() * eps
-        return w
+        if not self.noise:
+            return w
+        z = self.noise_mu
+        if self.training:
+            z = z + self.noise_log_sigma.exp() * torch.randn_like(w)
+        return w + self.step_size() * z
+
+    def noise_stats(self) -> dict[str, float]:
+        """mu and sigma (in quantization steps) for the logs; empty without noise."""
+        if not self.noise:
+            return {}
+        return {"mu": float(self.noise_mu.detach()), "sigma": float(self.noise_log_sigma.detach().exp())}
 
     def fake_quant(self, w: torch.Tensor) -> torch.Tensor:
         """s (clamp(round(w / s + z)) - z) per group, with a straight-through gradient to ``w``."""

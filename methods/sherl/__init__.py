@@ -28,11 +28,11 @@ Late route (autograd through exactly one backbone layer):
   ``finish(late_layer(fc_out(...))) + tanh(g / 0.1) * h_N`` with ``h_N`` the backbone's final output.
 - Pooling: ``backbone.salient``.
 
-The late layer's weights train (``train_late_layer=True``, the project's reading of the paper's
-"late pre-trained layers regulate the features", and what MP-ISMoE's GNP-IQ relies on); note that
-the public code only backpropagates *through* that layer and keeps its weights frozen (only
-``side`` modules are unfrozen there), which ``train_late_layer=False`` reproduces; the paper's 0.85 %
-trainable share on T5-base also leaves no room for a trained T5 layer (~3 % on its own). The
+As published, the late layer's weights stay frozen: the public code only backpropagates *through* that
+layer (``CLIP-ViL/src/tasks/trainer_base.py`` unfreezes only modules named ``side``), and the paper's
+0.85 % trainable share on T5-base leaves no room for a trained T5 layer (~3 % on its own). The variant
+``sherl@late-layer`` (``train_late_layer=true``) trains it too, at the side modules' lr: the reading
+under which MP-ISMoE's GNP-IQ re-quantizes backbone weights that change (its Table 4 rows). The
 reference's T5/GLUE code (``MTSAdapter`` in ``modeling_side_t5.py``) hands the aggregate to the
 decoder rather than to a late encoder layer; we follow the BERT/CLIP-ViL versions, which have the
 late route. One deviation: ``Guidance.fc_attn``'s bias starts at 0 (see there).
@@ -65,7 +65,7 @@ class SherlConfig(MethodConfig):
     gate_temperature: float = 0.1  # reference code: self.gate_T = 0.1
     gate_init: float = 0.0  # reference code: gate_params initialised to 0
     gate_position: str = "before_late"  # before_late (reference code) | after_late (see module docstring)
-    train_late_layer: bool = True  # False = the public code (gradient through the layer, weights frozen)
+    train_late_layer: bool = False  # the public code: gradient through the layer, weights frozen
     eps: float = 1e-6  # L1/L2-normalisation epsilon of the reference Guidance
 
     def __post_init__(self):
@@ -134,6 +134,9 @@ class Guidance(nn.Module):
 class SHERL(Method):
     config_class = SherlConfig
     about = "SHERL: anti-redundancy early route + the backbone's last layer as late route (ECCV 2024)"
+    # 2: the late layer is frozen by default, as in the public code (1 trained it)
+    version = 2
+    variants = {"late-layer": {"train_late_layer": "true"}}
 
     def __init__(self, backbone, config: SherlConfig):
         super().__init__(backbone, config)
