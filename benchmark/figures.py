@@ -258,6 +258,8 @@ def write_figures(results_dir: str | os.PathLike = "results", out: str | os.Path
                  device=str(device))
 
     quant = _read_csv(results_dir / "quantization.csv", ["quantizer", "bits", "group_size", "mse"])
+    if quant is not None and "tensors" in quant:
+        quant = quant[quant["tensors"].fillna("linear") == "linear"]  # the LayerNorm rows are a table check
     if quant is not None:
         sizes = sorted(quant["group_size"].unique())
         for size in sizes:

@@ -11,7 +11,16 @@ the same group size. Per quantizer and bit width the report gives:
 - ``bytes_per_weight``: bytes of what each quantizer really stores for the weights (codes, scales,
   zeros; read from the tensors) / weights (fp32 = 4);
 - ``storage_ratio_fp32``: the quantized layers' bytes (bias included, fp32) / the same layers in fp32;
-- ``quantize_seconds``: wall time to quantize (and dequantize) every layer.
+- ``quantize_seconds``: wall time to quantize (and dequantize) every layer;
+- ``worst_group_max_error``: the largest |w - w_d| of any weight (the max over groups of each group's
+  max error), and ``worst_group_error_over_range``: the max over groups of (the group's max error /
+  the group's max - min), to compare with one step of the min/max grid, 1 / (2^bits - 1) (constant
+  groups: 0 when exact, inf otherwise). Groups are ``group_size`` consecutive weights of a row.
+
+Rows with ``tensors`` = ``linear`` cover the linears; the ``gnpiq-layernorm`` and ``rtn-layernorm``
+rows (``tensors`` = ``layernorm``) cover every LayerNorm weight vector of the backbone, each quantized
+as the unified-low-precision ablation's ``QuantLayerNorm`` does (``quantize(weight.view(1, -1), bits,
+group_size)``); their MSE ratio is to ``rtn-layernorm`` and they have no output error (NaN).
 
 HQQ (``hqq``) and NF4 (``bitsandbytes.functional.quantize_4bit``, 4 bits only) are optional and
 skipped with a note when they cannot be imported. HQQ's scale/zero are stored in float16, as its
@@ -22,6 +31,7 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib.util
+import math
 import statistics
 import sys
 import time
@@ -34,7 +44,9 @@ import torch
 from benchmark.errors import UserError
 
 COLUMNS = ["quantizer", "bits", "group_size", "mse", "mse_ratio_to_rtn", "output_error", "bytes_per_weight",
-           "storage_ratio_fp32", "layers", "weights", "quantize_seconds"]
+           "storage_ratio_fp32", "layers", "weights", "quantize_seconds", "worst_group_max_error",
+           "worst_group_error_over_range", "tensors"]
+LAYERNORM_QUANTIZERS = ("rtn", "gnpiq")  # QuantLayerNorm uses ``quantize`` (GNP-IQ); RTN for the ratio
 CORPUS = "rotten_tomatoes_corpus_full.csv.bz2"
 BACKBONE = "minilm"
 
@@ -153,10 +165,33 @@ QUANTIZERS = {
 # ---------------------------------------------------------------------------------------------
 # the report
 # ---------------------------------------------------------------------------------------------
+def group_errors(w: torch.Tensor, w_d: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per group of ``group_size`` consecutive weights of a row (the whole row for 0 / -1 or a shorter
+    row; a ragged last group is its own group): the max |w - w_d| and the range max - min."""
+    from methods.mpismoe.quant import _effective_group
+
+    w2 = w.detach().float().reshape(w.shape[0], -1) if w.dim() > 1 else w.detach().float().reshape(1, -1)
+    err = (w2 - w_d.float().reshape(w2.shape)).abs()
+    g = _effective_group(w2.shape[1], group_size)
+    pad = (-w2.shape[1]) % g
+    if pad:  # repeat the last weight, with no error: neither the range nor the max error changes
+        w2 = torch.cat([w2, w2[:, -1:].expand(-1, pad)], 1)
+        err = torch.cat([err, err.new_zeros(err.shape[0], pad)], 1)
+    wg = w2.reshape(-1, g)
+    return err.reshape(-1, g).amax(1), wg.amax(1) - wg.amin(1)
+
+
+def _worst(errs: list[torch.Tensor], ranges: list[torch.Tensor]) -> dict:
+    err, rng = torch.cat(errs), torch.cat(ranges)
+    rel = torch.where(rng > 0, err / rng.clamp_min(1e-38),
+                      torch.where(err > 0, torch.full_like(err, math.inf), torch.zeros_like(err)))
+    return {"worst_group_max_error": float(err.max()), "worst_group_error_over_range": float(rel.max())}
+
+
 def evaluate(q: Quantizer, linears: dict, inputs: dict[str, torch.Tensor], bits: int, group_size: int) -> dict:
-    """One row: weight MSE, output error on real inputs and stored bytes over every layer."""
+    """One row: weight MSE, output error on real inputs, worst group and stored bytes over every layer."""
     sq_err = weights = stored = bias_bytes = fp32_bytes = 0
-    out_errs = []
+    out_errs, g_errs, g_ranges = [], [], []
     seconds = 0.0
     for name, lin in linears.items():
         w = lin.weight.detach().float()
@@ -164,6 +199,9 @@ def evaluate(q: Quantizer, linears: dict, inputs: dict[str, torch.Tensor], bits:
         w_d, nbytes = q.run(w, bits, group_size)
         seconds += time.perf_counter() - t0
         sq_err += float((w - w_d).square().sum())
+        e, r = group_errors(w, w_d, group_size)
+        g_errs.append(e)
+        g_ranges.append(r)
         weights += w.numel()
         stored += nbytes
         b = 0 if lin.bias is None else lin.bias.numel() * 4
@@ -175,17 +213,45 @@ def evaluate(q: Quantizer, linears: dict, inputs: dict[str, torch.Tensor], bits:
     return {"quantizer": q.name, "bits": bits, "group_size": group_size, "mse": sq_err / weights,
             "output_error": sum(out_errs) / len(out_errs), "bytes_per_weight": stored / weights,
             "storage_ratio_fp32": (stored + bias_bytes) / fp32_bytes, "layers": len(linears), "weights": weights,
-            "quantize_seconds": seconds}
+            "quantize_seconds": seconds, **_worst(g_errs, g_ranges), "tensors": "linear"}
+
+
+def evaluate_layernorms(q: Quantizer, norms: dict, bits: int, group_size: int) -> dict:
+    """One row over every LayerNorm weight vector, each quantized as ``QuantLayerNorm`` does:
+    ``weight.view(1, -1)`` (one row, groups of ``group_size`` along it)."""
+    sq_err = weights = stored = 0
+    g_errs, g_ranges = [], []
+    seconds = 0.0
+    for ln in norms.values():
+        w = ln.weight.detach().float().view(1, -1)
+        t0 = time.perf_counter()
+        w_d, nbytes = q.run(w, bits, group_size)
+        seconds += time.perf_counter() - t0
+        sq_err += float((w - w_d).square().sum())
+        e, r = group_errors(w, w_d, group_size)
+        g_errs.append(e)
+        g_ranges.append(r)
+        weights += w.numel()
+        stored += nbytes
+    return {"quantizer": f"{q.name}-layernorm", "bits": bits, "group_size": group_size, "mse": sq_err / weights,
+            "output_error": math.nan, "bytes_per_weight": stored / weights,
+            "storage_ratio_fp32": stored / (4 * weights),
+            "layers": len(norms), "weights": weights, "quantize_seconds": seconds, **_worst(g_errs, g_ranges),
+            "tensors": "layernorm"}
 
 
 def _table(rows: list[dict]) -> str:
-    head = ["quantizer", "bits", "mse", "mse/rtn", "output_err", "bytes/w", "vs fp32", "seconds"]
-    lines = ["  ".join(f"{h:>10}" for h in head)]
+    """``worst/step``: the worst group's max error over its range, in steps (x (2^bits - 1)); <= 1 means
+    every weight is within one step of the min/max grid of its group."""
+    head = ["quantizer", "bits", "mse", "mse/rtn", "output_err", "bytes/w", "vs fp32", "seconds", "worst err",
+            "worst/step"]
+    lines = ["  ".join(f"{h:>15}" for h in head)]
     for r in rows:
         cells = [r["quantizer"], str(r["bits"]), f"{r['mse']:.3e}", f"{r['mse_ratio_to_rtn']:.3f}",
                  f"{r['output_error']:.3e}", f"{r['bytes_per_weight']:.4f}", f"{r['storage_ratio_fp32']:.4f}",
-                 f"{r['quantize_seconds']:.1f}"]
-        lines.append("  ".join(f"{c:>10}" for c in cells))
+                 f"{r['quantize_seconds']:.1f}", f"{r['worst_group_max_error']:.3e}",
+                 f"{r['worst_group_error_over_range'] * ((1 << r['bits']) - 1):.3f}"]
+        lines.append("  ".join(f"{c:>15}" for c in cells))
     return "\n".join(lines)
 
 
@@ -220,15 +286,19 @@ def main(out: str | Path = "results/quantization.csv", bits=(2, 3, 4, 8), group_
     inputs = capture_linear_inputs(backbone, real_texts(texts))
     print(f"{name}: {len(linears)} linear layers, {sum(m.weight.numel() for m in linears.values()):,} weights; "
           f"real inputs: {next(iter(inputs.values())).shape[0]} tokens of {texts} Rotten Tomatoes snippets")
+    norms = {n: m for n, m in backbone.layer_norms().items() if getattr(m, "weight", None) is not None}
     rows = []
     torch.manual_seed(0)
     for b in bits:
         for q in ready:
             if b in q.bits:
                 rows.append(evaluate(q, linears, inputs, b, group_size))
-    rtn = {r["bits"]: r["mse"] for r in rows if r["quantizer"] == "rtn"}
+        if norms:
+            rows.extend(evaluate_layernorms(QUANTIZERS[n], norms, b, group_size) for n in LAYERNORM_QUANTIZERS)
+    rtn = {(r["tensors"], r["bits"]): r["mse"] for r in rows if r["quantizer"].split("-")[0] == "rtn"}
     for r in rows:
-        r["mse_ratio_to_rtn"] = r["mse"] / rtn[r["bits"]]
+        ref = rtn[r["tensors"], r["bits"]]  # both 0 for an untrained all-ones LayerNorm: equal
+        r["mse_ratio_to_rtn"] = r["mse"] / ref if ref > 0 else (1.0 if r["mse"] == 0 else math.inf)
     df = pd.DataFrame(rows)
     df = df[COLUMNS + [c for c in df.columns if c not in COLUMNS]]
     atomic_write_text(out, df.to_csv(index=False))
