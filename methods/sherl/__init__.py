@@ -137,6 +137,7 @@ class SHERL(Method):
     # 2: the late layer is frozen by default, as in the public code (1 trained it)
     version = 2
     variants = {"late-layer": {"train_late_layer": "true"}}
+    paper_variants = ("late-layer",)  # the previous default, and the base setting of MP-ISMoE's Table 4 rows
 
     def __init__(self, backbone, config: SherlConfig):
         super().__init__(backbone, config)
