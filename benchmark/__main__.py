@@ -51,9 +51,9 @@ def cmd_list(args) -> int:
 
     print("methods:")
     for name, cls in METHODS.items():
-        print(f"  {name:<16} {cls.about}")
+        print(f"  {name:<16} v{cls.version}  {cls.about}")
         if cls.variants:
-            print(f"  {'':<16} variant=: {', '.join(cls.variants)}")
+            print(f"  {'':<16}     variant=: {', '.join(cls.variants)}")
     print("tasks:")
     for name, t in TASKS.items():
         print(f"  {name:<16} v{t.version}  {t.family:<10} {t.about}")

@@ -47,3 +47,4 @@ def test_list_prints_all_three_registries(capsys):
     out = capsys.readouterr().out
     for word in ("methods:", "tasks:", "backbones", "lora", "full", "minilm"):
         assert word in out
+    assert "sherl            v2  " in out and "variant=: late-layer" in out  # each method's code version
