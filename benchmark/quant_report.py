@@ -188,13 +188,13 @@ def _worst(errs: list[torch.Tensor], ranges: list[torch.Tensor]) -> dict:
     return {"worst_group_max_error": float(err.max()), "worst_group_error_over_range": float(rel.max())}
 
 
-def evaluate(q: Quantizer, linears: dict, inputs: dict[str, torch.Tensor], bits: int, group_size: int) -> dict:
-    """One row: weight MSE, output error on real inputs, worst group and stored bytes over every layer."""
-    sq_err = weights = stored = bias_bytes = fp32_bytes = 0
-    out_errs, g_errs, g_ranges = [], [], []
+def _quantize_each(q: Quantizer, weights: list[torch.Tensor], bits: int, group_size: int) -> tuple[dict, list]:
+    """Quantize each weight with ``q``: totals (MSE, stored bytes, time, worst group) and the
+    dequantized weights, for the rows below."""
+    sq_err = n = stored = 0
+    g_errs, g_ranges, deq = [], [], []
     seconds = 0.0
-    for name, lin in linears.items():
-        w = lin.weight.detach().float()
+    for w in weights:
         t0 = time.perf_counter()
         w_d, nbytes = q.run(w, bits, group_size)
         seconds += time.perf_counter() - t0
@@ -202,42 +202,39 @@ def evaluate(q: Quantizer, linears: dict, inputs: dict[str, torch.Tensor], bits:
         e, r = group_errors(w, w_d, group_size)
         g_errs.append(e)
         g_ranges.append(r)
-        weights += w.numel()
+        n += w.numel()
         stored += nbytes
-        b = 0 if lin.bias is None else lin.bias.numel() * 4
-        bias_bytes += b
-        fp32_bytes += w.numel() * 4 + b
+        deq.append(w_d)
+    totals = {"mse": sq_err / n, "bytes_per_weight": stored / n, "weights": n, "quantize_seconds": seconds,
+              **_worst(g_errs, g_ranges)}
+    return totals, deq
+
+
+def evaluate(q: Quantizer, linears: dict, inputs: dict[str, torch.Tensor], bits: int, group_size: int) -> dict:
+    """One row: weight MSE, output error on real inputs, worst group and stored bytes over every layer."""
+    ws = [lin.weight.detach().float() for lin in linears.values()]
+    totals, deq = _quantize_each(q, ws, bits, group_size)
+    bias_bytes = sum(0 if lin.bias is None else lin.bias.numel() * 4 for lin in linears.values())
+    out_errs = []
+    for name, w, w_d in zip(linears, ws, deq):
         x = inputs[name]
         ref = float((x @ w.T).square().sum())
         out_errs.append(float((x @ (w - w_d).T).square().sum()) / max(ref, 1e-30))
-    return {"quantizer": q.name, "bits": bits, "group_size": group_size, "mse": sq_err / weights,
-            "output_error": sum(out_errs) / len(out_errs), "bytes_per_weight": stored / weights,
-            "storage_ratio_fp32": (stored + bias_bytes) / fp32_bytes, "layers": len(linears), "weights": weights,
-            "quantize_seconds": seconds, **_worst(g_errs, g_ranges), "tensors": "linear"}
+    stored = totals["bytes_per_weight"] * totals["weights"]
+    return {"quantizer": q.name, "bits": bits, "group_size": group_size, **totals,
+            "output_error": sum(out_errs) / len(out_errs),
+            "storage_ratio_fp32": (stored + bias_bytes) / (4 * totals["weights"] + bias_bytes),
+            "layers": len(linears), "tensors": "linear"}
 
 
 def evaluate_layernorms(q: Quantizer, norms: dict, bits: int, group_size: int) -> dict:
     """One row over every LayerNorm weight vector, each quantized as ``QuantLayerNorm`` does:
     ``weight.view(1, -1)`` (one row, groups of ``group_size`` along it)."""
-    sq_err = weights = stored = 0
-    g_errs, g_ranges = [], []
-    seconds = 0.0
-    for ln in norms.values():
-        w = ln.weight.detach().float().view(1, -1)
-        t0 = time.perf_counter()
-        w_d, nbytes = q.run(w, bits, group_size)
-        seconds += time.perf_counter() - t0
-        sq_err += float((w - w_d).square().sum())
-        e, r = group_errors(w, w_d, group_size)
-        g_errs.append(e)
-        g_ranges.append(r)
-        weights += w.numel()
-        stored += nbytes
-    return {"quantizer": f"{q.name}-layernorm", "bits": bits, "group_size": group_size, "mse": sq_err / weights,
-            "output_error": math.nan, "bytes_per_weight": stored / weights,
-            "storage_ratio_fp32": stored / (4 * weights),
-            "layers": len(norms), "weights": weights, "quantize_seconds": seconds, **_worst(g_errs, g_ranges),
-            "tensors": "layernorm"}
+    ws = [ln.weight.detach().float().view(1, -1) for ln in norms.values()]
+    totals, _ = _quantize_each(q, ws, bits, group_size)
+    return {"quantizer": f"{q.name}-layernorm", "bits": bits, "group_size": group_size, **totals,
+            "output_error": math.nan, "storage_ratio_fp32": totals["bytes_per_weight"] / 4,
+            "layers": len(norms), "tensors": "layernorm"}
 
 
 def _table(rows: list[dict]) -> str:
