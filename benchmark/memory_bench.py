@@ -16,7 +16,7 @@ from benchmark.errors import UserError
 
 MARK = "METL_MEMORY_JSON "
 DEFAULTS = {"backbone": "minilm", "task": "rotten_tomatoes", "batch_size": "32", "max_length": "128",
-            "steps": "4"}
+            "steps": "12"}  # 11 timed steps after the warm-up one: a median that holds to a few %
 COLUMNS = ["method", "variant", "peak_train_bytes", "peak_train_gib", "ratio_to_full", "weights", "grads",
            "optimizer", "activations", "other", "trainable_params", "backbone_storage_bytes", "step_seconds",
            "peak_source", "cuda_max_allocated", "cuda_max_reserved", "batch_size", "max_length", "precision",
