@@ -545,6 +545,9 @@ class MemoryMeter(_Callback):
             "cuda_max_allocated": self._cuda_alloc if self._cuda else None,
             "cuda_max_reserved": self._cuda_reserved if self._cuda else None,
             "step_seconds": statistics.median(self._step_s) if self._step_s else None,
+            # the fastest step: least disturbed by other tenants of a shared machine, so the fairest
+            # figure for comparing two rows measured minutes apart (the median drifts with the machine)
+            "step_seconds_min": min(self._step_s) if self._step_s else None,
             "samples_per_second": statistics.median(self._rates) if self._rates else None,
             "steps_timed": len(self._step_s),
             "timing_includes_tracker": tracked,

@@ -19,7 +19,7 @@ DEFAULTS = {"backbone": "minilm", "task": "rotten_tomatoes", "batch_size": "32",
             "steps": "12"}  # 11 timed steps after the warm-up one: a median that holds to a few %
 COLUMNS = ["method", "variant", "peak_train_bytes", "peak_train_gib", "ratio_to_full", "weights", "grads",
            "optimizer", "activations", "other", "trainable_params", "backbone_storage_bytes", "step_seconds",
-           "peak_source", "cuda_max_allocated", "cuda_max_reserved", "batch_size", "max_length", "precision",
+           "step_seconds_min", "peak_source", "cuda_max_allocated", "cuda_max_reserved", "batch_size", "max_length", "precision",
            "backbone", "device", "task"]
 
 
@@ -72,7 +72,8 @@ def measure_one(overrides: dict[str, str]) -> dict:
     trainer.fit(module, datamodule=dm)
     s = meter.summary()
     row = {"method": r.method, "variant": r.variant or r.method, **{k: s.get(k) for k in ("peak_train_bytes", "peak_source",
-           "cuda_max_allocated", "cuda_max_reserved", "step_seconds", "device")},
+           "cuda_max_allocated", "cuda_max_reserved", "step_seconds", "step_seconds_min",
+                                                                      "device")},
            **s.get("memory_breakdown", {}), **parameter_counts(module, method),
            "batch_size": r.batch_size, "max_length": r.max_length, "precision": r.precision, "backbone": p.backbone_label, "task": r.task}
     print(MARK + json.dumps(row), flush=True)
@@ -125,11 +126,12 @@ def measure_all(overrides: dict[str, str], methods: list[str] | None = None,
 def format_table(df) -> str:
     gib = lambda b: f"{b / 2**30:.3f}"  # noqa: E731
     head = ["row", "peak GiB", "ratio to full", "weights", "grads", "optimizer", "activations", "other",
-            "trainable", "step s"]
+            "trainable", "step s (median)", "step s (min)"]
     lines = [" | ".join(head), " | ".join("---" for _ in head)]
     for _, r in df.iterrows():
         lines.append(" | ".join([r["variant"], gib(r["peak_train_bytes"]), f"{r['ratio_to_full']:.2f}",
                                  *(gib(r.get(k, 0) or 0) for k in ("weights", "grads", "optimizer", "activations",
                                                                    "other")),
-                                 f"{int(r['trainable_params']):,}", f"{(r['step_seconds'] or 0):.3f}"]))
+                                 f"{int(r['trainable_params']):,}", f"{(r['step_seconds'] or 0):.3f}",
+                                 f"{(r.get('step_seconds_min') or 0):.3f}"]))
     return "\n".join(lines)

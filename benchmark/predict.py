@@ -460,6 +460,7 @@ def simulate(overrides: dict[str, str], fake: bool = True, device: str = "cpu") 
     return {"method": r.method, "variant": r.variant or r.method, "peak_train_bytes": tracker.peak_bytes, **bd,
             "trainable_params": counts["trainable_params"], "total_params": counts["total_params"],
             "backbone_storage_bytes": counts["backbone_storage_bytes"], "step_seconds": None,
+            "step_seconds_min": None,
             "peak_source": "tracker",
             "cuda_max_allocated": torch.cuda.max_memory_allocated() if cuda else None,
             "cuda_max_reserved": torch.cuda.max_memory_reserved() if cuda else None,

@@ -171,6 +171,7 @@ def test_lightning_validation_spike_is_not_in_training_peak(tmp_path):
     assert s["memory_breakdown"]["activations"] > 0
     assert s["cuda_max_allocated"] is None and s["cuda_max_reserved"] is None
     assert s["steps_timed"] == 2 and s["step_seconds"] > 0
+    assert 0 < s["step_seconds_min"] <= s["step_seconds"]
     assert s["samples_per_second"] == pytest.approx(8 / s["step_seconds"], rel=0.5)
     assert isinstance(s["device"], str) and s["device"]
     assert not meter.tracker.active
@@ -195,6 +196,7 @@ def test_lightning_interrupted_run_does_not_crash(tmp_path):
     assert _get_current_dispatch_mode() is None
     s = meter.summary()
     assert s["peak_train_bytes"] > 0 and s["steps_timed"] == 0 and s["step_seconds"] is None
+    assert s["step_seconds_min"] is None
 
 
 def test_frozen_no_grad_has_almost_no_activations():
