@@ -74,14 +74,14 @@ def test_every_method_computes_the_same_whatever_the_cpu_reports(monkeypatch, me
     assert ca == cb and all(torch.equal(pa[n], pb[n]) for n in pa)
 
 
-def _module(overrides: dict):
+def _module(overrides: dict, backbone: str = "tiny-bert"):
     from benchmark.backbones import load_backbone
     from benchmark.module import METLModule
     from benchmark.run import plan
 
-    p = plan({"backbone": "tiny-bert", **overrides})
+    p = plan({"backbone": backbone, **overrides})
     torch.manual_seed(0)
-    method = p.method_cls(load_backbone("tiny-bert"), p.method_cfg)
+    method = p.method_cls(load_backbone(backbone), p.method_cfg)
     return METLModule(method, toy_task(), lr=p.method_cfg.lr, weight_decay=0.0, warmup_steps=0, head_dropout=0.0)
 
 
@@ -135,3 +135,21 @@ def test_the_model_tested_is_the_model_validated(tmp_path, monkeypatch):
     (val,), (test,) = snaps["val"], snaps["test"]
     assert any(k.endswith(".scales") for k in val)
     assert val.keys() == test.keys() and all(torch.equal(val[k], test[k]) for k in val)
+
+
+def test_mpismoe_table3_base_holds_the_same_memory_as_sherl():
+    """The same computation holds the same tensors: a training step of ``mpismoe@table3-base`` peaks at
+    SHERL's bytes exactly (it once also kept the salient-token vector that only the prior reads; a
+    mean-pooled backbone makes that vector a tensor of its own)."""
+    from benchmark.memory import MemoryTracker
+
+    peaks = []
+    for overrides in ({"method": "mpismoe", "variant": "table3-base"}, {"method": "sherl"}):
+        m = _module(overrides, backbone="tiny-t5")
+        m.train()
+        batch = tiny_batch(m.method.backbone)
+        with MemoryTracker(m) as tracker:  # the forward: where a side network's activations peak
+            logits = m({k: v for k, v in batch.items() if k != "labels"})
+        peaks.append(tracker.peak_breakdown)
+        m.task.loss(logits, batch["labels"]).backward()
+    assert peaks[0] == peaks[1]

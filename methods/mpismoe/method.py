@@ -329,9 +329,10 @@ class MPISMoE(Method):
 
     def forward(self, batch):
         states, ctx = frozen_hidden_states(self.backbone, batch)
-        h0 = self.backbone.salient(states[-1], ctx.attention_mask)
-        for moe in self.moes:
-            moe.set_prior_input(h0)
+        if any(moe.use_prior for moe in self.moes):  # only the prior reads it: nothing else holds it
+            h0 = self.backbone.salient(states[-1], ctx.attention_mask)
+            for moe in self.moes:
+                moe.set_prior_input(h0)
         return self.base({**batch, FROZEN_STATES: (states, ctx)})
 
     def extra_loss(self):
