@@ -16,7 +16,7 @@ import warnings
 from dataclasses import dataclass
 
 from benchmark.errors import UserError
-from methods.base import METHODS, Method, MethodConfig
+from methods.base import Method, MethodConfig
 
 NO_BIAS_CHOICES = ("layernorm", "error")
 
@@ -31,10 +31,8 @@ class BitFitConfig(MethodConfig):
         self.check(self.if_no_biases in NO_BIAS_CHOICES, "if_no_biases", "must be layernorm or error")
 
 
-@METHODS.register("bitfit")
 class BitFit(Method):
     config_class = BitFitConfig
-    about = "BitFit: only the backbone's bias terms (LayerNorm scales on bias-free T5)"
 
     def __init__(self, backbone, config: BitFitConfig):
         super().__init__(backbone, config)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from methods.base import METHODS, Method, MethodConfig
+from methods.base import Method, MethodConfig
 
 
 @dataclass
@@ -11,11 +11,9 @@ class FullConfig(MethodConfig):
     lr: float = 5e-5  # LST trains T5 at 3e-4; BERT-family encoders diverge there, 5e-5 is their standard
 
 
-@METHODS.register("full")
 class FullFineTuning(Method):
     backbone_follows_train_mode = True
     config_class = FullConfig
-    about = "full fine-tuning (every backbone weight)"
 
     def __init__(self, backbone, config: FullConfig):
         super().__init__(backbone, config)

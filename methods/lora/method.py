@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from methods.base import METHODS, Method, MethodConfig
+from methods.base import Method, MethodConfig
 
 
 @dataclass
@@ -21,11 +21,9 @@ class LoraMethodConfig(MethodConfig):
         self.check(0 <= self.dropout < 1, "dropout", "must be in [0, 1)")
 
 
-@METHODS.register("lora")
 class LoRA(Method):
     backbone_follows_train_mode = True
     config_class = LoraMethodConfig
-    about = "LoRA via peft on attention query/value"
 
     def __init__(self, backbone, config: LoraMethodConfig):
         super().__init__(backbone, config)

@@ -37,19 +37,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from methods.base import METHODS, ConfigError, Method, MethodConfig
+from methods.base import ConfigError, Method, MethodConfig
 from methods.lst.pruning import PrunePlan, fisher_prune_init
-from methods.side import frozen_hidden_states
+from methods.side import check_layers, frozen_hidden_states, parse_layers
 
 INIT_CHOICES = ("fisher", "random")
-
-
-def parse_layer_list(spec: str) -> list[int]:
-    """``"0,4,8"`` -> [0, 4, 8]; ``""`` / ``"none"`` -> []."""
-    spec = spec.strip()
-    if spec.lower() in ("", "none"):
-        return []
-    return sorted({int(t) for t in spec.split(",") if t.strip()})
+NO_LAYERS = ("", "none")  # drop_layers spellings of "drop none"
 
 
 @dataclass
@@ -67,10 +60,8 @@ class LSTConfig(MethodConfig):
         self.check(self.init in INIT_CHOICES, "init", "must be fisher or random")
         self.check(self.fisher_samples >= 1, "fisher_samples", "must be >= 1")
         self.check(self.gate_temperature > 0, "gate_temperature", "must be > 0")
-        try:
-            parse_layer_list(self.drop_layers)
-        except ValueError:
-            self.check(False, "drop_layers", 'must be comma-separated layer indices such as "0,4,8", or ""')
+        check_layers(self, "drop_layers", 'must be comma-separated layer indices such as "0,4,8", or ""',
+                     NO_LAYERS)
 
 
 def fresh_norm_like(layer: nn.Module) -> nn.Module:
@@ -83,15 +74,13 @@ def fresh_norm_like(layer: nn.Module) -> nn.Module:
     return norm
 
 
-@METHODS.register("lst")
 class LST(Method):
     config_class = LSTConfig
-    about = "LST: ladder side network of narrow backbone layers, Fisher-pruned init (NeurIPS 2022)"
 
     def __init__(self, backbone, config: LSTConfig):
         super().__init__(backbone, config)
         d, n = backbone.hidden_size, backbone.num_layers
-        dropped = parse_layer_list(config.drop_layers)
+        dropped = parse_layers(config.drop_layers, NO_LAYERS) or []
         if any(i < 0 or i >= n for i in dropped) or len(dropped) >= n:
             raise ConfigError(f"bad config value drop_layers={config.drop_layers!r}: indices must lie in "
                               f"[0, {n - 1}] and keep at least one layer of backbone {backbone.name!r}")

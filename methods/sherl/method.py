@@ -44,9 +44,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from methods.base import METHODS, ConfigError, Method, MethodConfig
-from methods.side import frozen_hidden_states
-from methods.unipt import parse_layers
+from methods.base import ConfigError, Method, MethodConfig
+from methods.side import check_layers, frozen_hidden_states, parse_layers
 
 GATE_POSITIONS = ("before_late", "after_late")
 
@@ -74,10 +73,7 @@ class SherlConfig(MethodConfig):
         self.check(self.gate_temperature > 0, "gate_temperature", "must be > 0")
         self.check(self.gate_position in GATE_POSITIONS, "gate_position", f"must be one of {', '.join(GATE_POSITIONS)}")
         self.check(self.eps > 0, "eps", "must be > 0")
-        try:
-            parse_layers(self.tap_layers)
-        except ValueError:
-            self.check(False, "tap_layers", 'must be "all" or comma-separated layer indices')
+        check_layers(self, "tap_layers", 'must be "all" or comma-separated layer indices')
 
 
 class GatedFFN(nn.Module):
@@ -130,10 +126,8 @@ class Guidance(nn.Module):
         return (self.weights(guide, shallow) * shallow).sum(1, keepdim=True) + guide
 
 
-@METHODS.register("sherl")
 class SHERL(Method):
     config_class = SherlConfig
-    about = "SHERL: anti-redundancy early route + the backbone's last layer as late route (ECCV 2024)"
     # 2: the late layer is frozen by default, as in the public code (1 trained it)
     version = 2
     variants = {"late-layer": {"train_late_layer": "true"}}

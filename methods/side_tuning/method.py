@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from methods.base import METHODS, Method, MethodConfig
+from methods.base import Method, MethodConfig
 from methods.side import frozen_hidden_states
 
 
@@ -45,10 +45,8 @@ class SideTuningConfig(MethodConfig):
         self.check(0 < self.alpha_init < 1, "alpha_init", "must be in (0, 1)")
 
 
-@METHODS.register("side_tuning")
 class SideTuning(Method):
     config_class = SideTuningConfig
-    about = "Side-Tuning: alpha-blend of the frozen backbone and a small side net on the same input"
 
     def __init__(self, backbone, config: SideTuningConfig):
         super().__init__(backbone, config)

@@ -33,16 +33,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from methods.base import METHODS, ConfigError, Method, MethodConfig
-from methods.side import frozen_hidden_states
-
-
-def parse_layers(spec: str) -> list[int] | None:
-    """``""`` or ``"all"`` -> None (the method's default); else comma-separated ints, sorted, unique."""
-    spec = spec.strip()
-    if spec in ("", "all"):
-        return None
-    return sorted({int(t) for t in spec.split(",") if t.strip()})
+from methods.base import ConfigError, Method, MethodConfig
+from methods.side import check_layers, frozen_hidden_states, parse_layers
 
 
 @dataclass
@@ -63,10 +55,7 @@ class UniPTConfig(MethodConfig):
         super().__post_init__()
         self.check(self.reduction >= 1, "reduction", "must be >= 1")
         self.check(self.eps > 0, "eps", "must be > 0")
-        try:
-            parse_layers(self.tap_layers)
-        except ValueError:
-            self.check(False, "tap_layers", 'must be "all" or comma-separated layer indices')
+        check_layers(self, "tap_layers", 'must be "all" or comma-separated layer indices')
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -103,10 +92,8 @@ def down_projection(d: int, d_side: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(d, d_side), nn.LayerNorm(d_side))
 
 
-@METHODS.register("unipt")
 class UniPT(Method):
     config_class = UniPTConfig
-    about = "UniPT: parallel per-layer interaction + confidence aggregation (CVPR 2024)"
 
     def __init__(self, backbone, config: UniPTConfig):
         super().__init__(backbone, config)

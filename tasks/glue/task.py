@@ -1,4 +1,4 @@
-"""The eight GLUE tasks (family "glue"), registered from the table in ``tasks.glue.spec``.
+"""The eight GLUE tasks (family "glue"), built from the table in ``tasks.glue.spec``.
 
 Data: a local directory in the original GLUE release layout (``data_dir=`` or the env var GLUE_DIR), else
 the hub dataset nyu-mll/glue. Split protocol and metrics: /work/shared/reference/datasets.md.
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from functools import partial
 
-from tasks.base import TASKS, MetricSpec, Task
+from tasks.base import MetricSpec, Task
 from tasks.glue.data import load_glue
 from tasks.glue.spec import SPECS, GlueSpec
 
@@ -21,7 +21,6 @@ def make_task(spec: GlueSpec) -> Task:
                 score_of=spec.metrics, loader=load_glue, label_names=spec.label_names, about=spec.about)
 
 
-for _spec in SPECS.values():
-    TASKS.register(_spec.name, make_task(_spec))
+GLUE = {name: make_task(spec) for name, spec in SPECS.items()}  # the cards' targets
 
-__all__ = ["SPECS", "GlueSpec", "load_glue", "make_task"]
+__all__ = ["GLUE", "SPECS", "GlueSpec", "load_glue", "make_task"]

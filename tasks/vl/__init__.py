@@ -1,0 +1,16 @@
+"""The vision-language tasks: their cards and the paper's vision-language table (read without importing
+torch); the code is in ``task.py``. easy_vqa is the offline one ``make paper`` runs: one epoch over 2,048
+training questions (64 steps), evaluated on 512-question subsets of its validation and test splits (the full
+epoch of 34,753 questions takes hours per run on 2 CPU cores)."""
+from tasks import TaskCard, TaskGroup
+
+CARDS = [
+    TaskCard("easy_vqa", "tasks.vl.task:EASY_VQA", paper_order=1,
+             paper_budget={"limit_train_samples": "2048", "limit_eval_samples": "512"}),
+    TaskCard("vqa", "tasks.vl.task:VQA"),
+    TaskCard("gqa", "tasks.vl.task:GQA"),
+    TaskCard("nlvr2", "tasks.vl.task:NLVR2"),
+]
+# the paper's VQA/GQA/NLVR2 columns, then easy_vqa; any other task of the family follows by name
+GROUPS = [TaskGroup("vl", "Vision-language", ("vqa", "gqa", "nlvr2", "easy_vqa"),
+                    names={"vqa": "VQAv2", "gqa": "GQA", "nlvr2": "NLVR2", "easy_vqa": "easy_vqa"})]
