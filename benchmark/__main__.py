@@ -43,15 +43,13 @@ def cmd_run(args) -> int:
 
 
 def cmd_list(args) -> int:
-    import methods  # noqa: F401
-    import tasks  # noqa: F401
     from benchmark.backbones import BACKBONES
-    from methods.base import METHODS
-    from tasks.base import TASKS
+    from methods import METHODS
+    from tasks import TASKS
 
     print("methods:")
     for name, cls in METHODS.items():
-        print(f"  {name:<16} v{cls.version}  {cls.about}")
+        print(f"  {name:<16} v{cls.version}  {METHODS.card(name).about}")
         if cls.variants:
             print(f"  {'':<16}     variant=: {', '.join(cls.variants)}")
     print("tasks:")
@@ -77,8 +75,11 @@ def cmd_memory(args) -> int:
     if args.one:
         measure_one(overrides)
         return 0
-    task = overrides.get("task", "rotten_tomatoes")
-    out = args.out or ("results/memory.csv" if task == "rotten_tomatoes" else f"results/memory-{task}.csv")
+    from tasks import default_task
+
+    default = default_task().name
+    task = overrides.get("task", default)
+    out = args.out or ("results/memory.csv" if task == default else f"results/memory-{task}.csv")
     return measure_all(overrides, methods=args.methods.split() if args.methods else None, out=out)
 
 
@@ -98,8 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("memory", help="peak training memory of every registered method (fresh process each)")
     p.add_argument("overrides", nargs="*")
     p.add_argument("--methods", default="", help="space-separated subset of memory rows")
-    p.add_argument("--out", default="", help="csv path (default results/memory.csv; results/memory-<task>.csv "
-                                              "for another task)")
+    p.add_argument("--out", default="", help="csv path (default results/memory.csv for the default task, "
+                                              "results/memory-<task>.csv for another)")
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(fn=cmd_memory)
     args = parser.parse_args(argv)

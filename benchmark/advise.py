@@ -92,10 +92,9 @@ def advise(budget: str, backbone: str, batch: int, length: int, task: str = "", 
     limit = parse_budget(budget)
     results_dir = Path(results_dir)
     if task:
-        import tasks  # noqa: F401
-        from tasks.base import TASKS
+        from tasks import TASKS
 
-        TASKS.get(task)
+        TASKS.card(task)  # an unknown name fails here, in one line (no task code imported)
     pred, source = predicted(backbone, batch, length, precision, results_dir)
     acc = accuracy(task, backbone, results_dir)
     rows = []

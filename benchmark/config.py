@@ -8,6 +8,8 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from benchmark.errors import UserError
+from methods import default_method
+from tasks import default_task
 
 
 class ConfigError(UserError):
@@ -18,8 +20,8 @@ class ConfigError(UserError):
 class RunConfig:
     """Everything a run needs that is not a method hyperparameter. Same budget for every method."""
 
-    method: str = "mpismoe"
-    task: str = "rotten_tomatoes"
+    method: str = default_method().name  # the method card marked default=True
+    task: str = default_task().name  # the task card marked default=True (an offline task)
     backbone: str = "minilm"
     vision: str = "efficientnet-lite0"  # image encoder of vision-language tasks (a CLIP hub id works too)
     feature_cache: str = ""  # "" = $METL_CACHE or ~/.cache/metl-bench/features

@@ -2,16 +2,15 @@
 and figures. Idempotent: a run whose results file exists and is current is skipped, so a second call trains
 nothing; a failed run is reported and the others go on.
 
-What it runs (``PAPER_TASKS``): each registered method on each offline task, plus each method's
-``paper_variants`` (MP-ISMoE's ablation rows of paper Tables 3 and 4) on the sentiment task, for every seed,
-all on the paper budget below. "Current" means: the file at the run's results path is an ok run of the same
-task version, with the same budget and run settings and the same method configuration as the plan now
-resolves to. A changed method default, task version or budget therefore reruns exactly the runs it touches.
+What it runs (``PAPER_TASKS``, from the task cards with a ``paper_budget``): each registered method on each
+such task, plus each method's ``paper_variants`` (e.g. its ablation rows) on the tasks whose card says
+``paper_variants=True``, for every seed, each task at its card's budget. "Current" means: the file at the
+run's results path is an ok run of the same task version, with the same budget and run settings and the same
+method configuration as the plan now resolves to. A changed method default, task version or budget therefore
+reruns exactly the runs it touches.
 
-The budget: rotten_tomatoes is the default one (one epoch, batch 32, length 64; the committed results are
-that), easy_vqa one epoch over 2,048 training questions (64 steps) evaluated on 512-question subsets of its
-validation and test splits (the full epoch of 34,753 questions takes hours per run on 2 CPU cores). Runs
-of different budgets sit beside each other and never average (the leaderboard keys rows by budget).
+The budgets, and why, are in the task folders (``tasks/<folder>/__init__.py``). Runs of different budgets sit
+beside each other and never average (the leaderboard keys rows by budget).
 Nothing here branches on a method's or task's name.
 """
 from __future__ import annotations
@@ -27,6 +26,7 @@ from pathlib import Path
 
 from benchmark.config import as_dict, parse_overrides
 from benchmark.errors import UserError
+from tasks import paper_tasks
 
 
 @dataclass(frozen=True)
@@ -36,10 +36,8 @@ class PaperTask:
     variants: bool = False  # also run each method's paper_variants here
 
 
-PAPER_TASKS = (
-    PaperTask("rotten_tomatoes", {}, variants=True),
-    PaperTask("easy_vqa", {"limit_train_samples": "2048", "limit_eval_samples": "512"}),
-)
+# the task cards with a paper budget (their folders say why that budget)
+PAPER_TASKS = tuple(PaperTask(c.name, dict(c.paper_budget), variants=c.paper_variants) for c in paper_tasks())
 SEEDS = (0, 1, 2)
 # Run settings whose change makes an old result stale (besides the method config and the budget).
 CURRENT_KEYS = ("epochs", "max_steps", "batch_size", "eval_batch_size", "max_length", "pad_to_max_length",

@@ -12,7 +12,7 @@ from torch import nn
 
 from benchmark.backbones import Backbone
 from benchmark.errors import UserError
-from benchmark.registry import Registry
+from methods import METHODS  # noqa: F401  (the registry lives in the light package)
 
 
 class ConfigError(UserError):
@@ -48,7 +48,6 @@ class Method(nn.Module):
     """
 
     config_class: ClassVar[type[MethodConfig]] = MethodConfig
-    about: ClassVar[str] = ""
     # The version of the method's behaviour, recorded with every result. Bump it whenever a change of the
     # code changes what a run of the method computes (a default, an init, a forward): results of another
     # version are stale for ``make paper`` and are never averaged with the new ones. A method built on
@@ -138,6 +137,3 @@ def logical_parameter_count(module: nn.Module) -> int:
                 seen.add(id(p))
                 total += p.numel()
     return total
-
-
-METHODS: Registry[type[Method]] = Registry("method", env_var="METHOD")

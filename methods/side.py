@@ -22,3 +22,20 @@ def frozen_hidden_states(backbone: Backbone, batch: dict[str, torch.Tensor]) -> 
     with torch.no_grad():
         states, ctx = backbone.hidden_states(batch, embedded=embedded.detach())
     return [embedded] + [s.detach() for s in states[1:]], ctx
+
+
+def parse_layers(spec: str, default_words: tuple[str, ...] = ("", "all")) -> list[int] | None:
+    """A layer list of a side method's config: ``"0,4,8"`` -> [0, 4, 8] (sorted, unique); one of
+    ``default_words`` (any case) -> None, the method's default. Anything else raises ValueError."""
+    spec = spec.strip()
+    if spec.lower() in default_words:
+        return None
+    return sorted({int(t) for t in spec.split(",") if t.strip()})
+
+
+def check_layers(config, name: str, why: str, default_words: tuple[str, ...] = ("", "all")) -> None:
+    """The config check of a layer-list field: one ConfigError line saying ``why`` when it does not parse."""
+    try:
+        parse_layers(getattr(config, name), default_words)
+    except ValueError:
+        config.check(False, name, why)

@@ -12,8 +12,6 @@ BACKBONES = ["tiny-bert", "tiny-t5"]
 
 
 def build(backbone="tiny-bert", **cfg):
-    import methods.lst  # noqa: F401  (registers "lst")
-
     return build_module("lst", backbone, **cfg)
 
 
@@ -90,7 +88,6 @@ def test_bad_drop_layers_are_refused(bad):
 
 
 def test_bad_config_is_refused():
-    import methods.lst  # noqa: F401
     from methods.base import ConfigError, METHODS
 
     cls = METHODS.get("lst").config_class

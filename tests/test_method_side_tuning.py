@@ -11,8 +11,6 @@ BACKBONES = ["tiny-bert", "tiny-t5"]
 
 
 def build(backbone="tiny-bert", **cfg):
-    import methods.side_tuning  # noqa: F401  (registers "side_tuning")
-
     return build_module("side_tuning", backbone, **cfg)
 
 
@@ -61,7 +59,6 @@ def test_side_width_and_depth_follow_the_config():
 
 
 def test_bad_config_is_refused():
-    import methods.side_tuning  # noqa: F401
     from methods.base import ConfigError, METHODS
 
     cls = METHODS.get("side_tuning").config_class

@@ -13,8 +13,6 @@ LATE = {"base_overrides": {"train_late_layer": "true"}}
 
 
 def build(backbone="tiny-bert", **cfg):
-    import methods.mpismoe  # noqa: F401  (registers every base too)
-
     return build_module("mpismoe", backbone, **cfg)
 
 
@@ -424,7 +422,7 @@ def test_each_ablation_row_differs_from_the_row_before_by_exactly_its_switch():
 
 def test_table3_base_is_sherl_as_published():
     from benchmark.config import as_dict
-    from methods.sherl import SherlConfig
+    from methods.sherl.method import SherlConfig
 
     base = resolved(__import__("methods.mpismoe.experiments", fromlist=["x"]).EXPERIMENTS["table3-base"].overrides)
     assert {k[5:]: v for k, v in base.items() if k.startswith("base.")} == as_dict(SherlConfig())

@@ -80,6 +80,11 @@ class BertFamily(Family):
 class T5Family(Family):
     name = "t5"
     lora_targets = ("q", "v")
+    model_class_name = "T5EncoderModel"  # the encoder only: every method reads encoder states
+    default_pooling = "mean"
+
+    def new_model(self, config) -> nn.Module:
+        return self.model_class()(config)  # a concrete model class: no from_config
 
     def encoder_of(self, model):
         return model.encoder

@@ -166,10 +166,8 @@ def _first_linear(module: nn.Module) -> nn.Linear:
     raise ValueError(f"{type(module).__name__} has no nn.Linear to route on")
 
 
-@METHODS.register("mpismoe")
 class MPISMoE(Method):
     config_class = MPISMoEConfig
-    about = "MP-ISMoE: GNP-IQ quantized backbone + interactive side MoE (base: lst | unipt | sherl)"
     # 2: one run-level precision (no bf16 side network of its own), GNP-IQ ranges contain every group,
     # re-quantization before validation, noise mean applied in eval too (in quantization steps), router
     # softmax over the kept logits with the prior in logit space, SHERL base as published (version 2)
