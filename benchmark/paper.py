@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmark.config import as_dict, parse_overrides
+from benchmark.config import parse_overrides
 from benchmark.errors import UserError
 
 
@@ -57,12 +57,10 @@ class Job:
 
 
 def _expected(plan) -> dict:
-    """The part of a results record that fixes its path and says whether it is current."""
-    r = plan.run
-    return {"run": {"task": r.task, "task_version": plan.task.version, "method": r.method,
-                    "method_version": plan.method_cls.version, "variant": r.variant or None,
-                    "backbone": plan.backbone_label, "seed": r.seed,
-                    "config": {"run": as_dict(r), "method": as_dict(plan.method_cfg)}}}
+    """The record a run of ``plan`` would write, as far as the plan fixes it: its path and whether it is current."""
+    from benchmark.results import build_record
+
+    return build_record(plan)
 
 
 def staleness(path: Path, expected: dict) -> str:
