@@ -196,14 +196,11 @@ def main(argv: list[str] | None = None) -> int:
 
         results = run_jobs(todo, workers, threads, REPO_ROOT / "runs" / "paper")
         failed = [j for j, rc in results if rc != 0]
-    from benchmark import figures, leaderboard
-
     from benchmark.config import RunConfig
+    from benchmark.publish import publish
     from benchmark.run import REPO_ROOT
 
-    results_dir = REPO_ROOT / extra.get("results_dir", RunConfig.results_dir)
-    leaderboard.main(results_dir)
-    figures.main(["--results-dir", str(results_dir)])
+    publish(REPO_ROOT / extra.get("results_dir", RunConfig.results_dir))  # tables, figures, then the page once
     if failed:
         print(f"paper: {len(failed)} run(s) failed: " + ", ".join(j.name for j in failed)
               + "; tables were built from the rest; `make paper` again retries only these")
