@@ -68,6 +68,6 @@ def export_ablations(df: pd.DataFrame, out_dir: str | os.PathLike, tables: list[
     if not tables:
         return []
     out = Path(out_dir)
-    return [atomic_write_text(out / "ablations.md", f"# {ABLATIONS_HEAD}\n\n" + "\n".join(t.markdown() for t in tables)),
-            atomic_write_text(out / "ablations.tex", f"% {tex_escape(ABLATIONS_HEAD)}\n"
-                              + "\n".join(t.latex() for t in tables))]
+    md = f"# {ABLATIONS_HEAD}\n\n" + "\n".join(t.markdown() for t in tables)
+    tex = f"% {tex_escape(ABLATIONS_HEAD)}\n" + "\n".join(t.latex() for t in tables)
+    return [atomic_write_text(out / "ablations.md", md), atomic_write_text(out / "ablations.tex", tex)]
