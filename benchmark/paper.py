@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmark.config import as_dict, parse_overrides
+from benchmark.config import parse_overrides
 from benchmark.errors import UserError
 from tasks import paper_tasks
 
@@ -55,12 +55,10 @@ class Job:
 
 
 def _expected(plan) -> dict:
-    """The part of a results record that fixes its path and says whether it is current."""
-    r = plan.run
-    return {"run": {"task": r.task, "task_version": plan.task.version, "method": r.method,
-                    "method_version": plan.method_cls.version, "variant": r.variant or None,
-                    "backbone": plan.backbone_label, "seed": r.seed,
-                    "config": {"run": as_dict(r), "method": as_dict(plan.method_cfg)}}}
+    """The record a run of ``plan`` would write, as far as the plan fixes it: its path and whether it is current."""
+    from benchmark.results import build_record
+
+    return build_record(plan)
 
 
 def staleness(path: Path, expected: dict) -> str:
@@ -196,14 +194,11 @@ def main(argv: list[str] | None = None) -> int:
 
         results = run_jobs(todo, workers, threads, REPO_ROOT / "runs" / "paper")
         failed = [j for j, rc in results if rc != 0]
-    from benchmark import figures, leaderboard
-
     from benchmark.config import RunConfig
+    from benchmark.publish import publish
     from benchmark.run import REPO_ROOT
 
-    results_dir = REPO_ROOT / extra.get("results_dir", RunConfig.results_dir)
-    leaderboard.main(results_dir)
-    figures.main(["--results-dir", str(results_dir)])
+    publish(REPO_ROOT / extra.get("results_dir", RunConfig.results_dir))  # tables, figures, then the page once
     if failed:
         print(f"paper: {len(failed)} run(s) failed: " + ", ".join(j.name for j in failed)
               + "; tables were built from the rest; `make paper` again retries only these")

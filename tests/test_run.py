@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from benchmark import results
-from benchmark.leaderboard import build_leaderboard
+from benchmark.publish.leaderboard import build_leaderboard
 from benchmark.run import plan, run
 
 TINY = {"backbone": "tiny-bert", "wandb": "disabled", "progress": "false", "epochs": "2", "batch_size": "16",
