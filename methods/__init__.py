@@ -29,7 +29,9 @@ class MethodCard(Card):
     display: str = ""  # the name the paper prints
     about: str = ""  # one line for ``benchmark list``
     tables: tuple[PaperTable, ...] = ()
+    tables_heading: str = ""  # the heading of ablations.md above its tables
     quantizer: str = ""  # the quantizer of its own, as named in results/quantization.csv
+    quantizer_display: str = ""  # ... and as the paper prints it
     default: bool = False  # the method a run gets without ``method=``
 
     def __post_init__(self):

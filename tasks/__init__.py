@@ -28,6 +28,7 @@ class TaskGroup:
     names: dict[str, str] = field(default_factory=dict)  # task name -> column header (the paper's spelling)
     average: str = "Avg"  # header of the average column
     average_task: str = ""  # the task name of a row averaging every member ("" = none)
+    average_note: str = ""  # how the leaderboard's notes explain that row
     every_column: bool = False  # show every member's column even without runs
 
 

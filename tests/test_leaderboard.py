@@ -7,7 +7,9 @@ import pytest
 
 from benchmark.publish import ablations, leaderboard_main, tables
 from benchmark.publish.leaderboard import KEYS, build_leaderboard, pareto_front
-from benchmark.publish.names import GLUE_FAMILY, GLUE_TASKS, VL_FAMILY
+from tasks.glue.spec import SPECS
+
+GLUE_FAMILY, VL_FAMILY, GLUE_TASKS = "glue", "vl", tuple(SPECS)
 from benchmark.publish.tables import export
 from benchmark.results import load_results, result_path, write_result
 from test_results import make_record

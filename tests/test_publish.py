@@ -64,13 +64,3 @@ def test_the_shared_number_rules():
     assert fmt.score(0.7234, 0.0123, True) == "72.34 ± 1.23" and fmt.score(2.5, None, False) == "2.5000"
     assert fmt.score(float("nan"), 0.1, True) == "" and fmt.pm(0.72, float("nan")) == "72.0"
     assert fmt.fixed(None) == "" and fmt.fixed(0.12345) == "0.123" and fmt.signed(-0.0001, 2) == "+0.00"
-
-
-def test_no_method_or_task_name_outside_names():
-    """Method, task and family names as string literals live in ``publish/names.py`` only (a seam for cards)."""
-    known = {*names.METHOD_ORDER, *names.GLUE_TASKS, *names.VL_TASKS, names.GLUE_FAMILY, names.VL_FAMILY,
-             names.OURS, names.OURS_QUANTIZER, names.GLUE_AVG, *names.ABLATION_ROWS}
-    literal = re.compile(r"""["'](%s)["']""" % "|".join(map(re.escape, sorted(known))))
-    folder = Path(names.__file__).parent
-    found = {p.name: literal.findall(p.read_text()) for p in folder.glob("*.py") if p.name != "names.py"}
-    assert {k: v for k, v in found.items() if v} == {}

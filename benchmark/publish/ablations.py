@@ -43,17 +43,18 @@ def ablation_tables(df: pd.DataFrame, experiments: dict | None = None) -> list[T
     experiments = named_rows() if experiments is None else experiments
     tables = []
     for (task, version, backbone, budget, device), g in ours.groupby(PARETO_GROUP, sort=True):
-        by_row = {m.partition("@")[2]: r for m, r in zip(g["method"], g.to_dict("records"))}
-        for number, what, prefix in ABLATIONS:
+        by_row = {m: r for m, r in zip(g["method"], g.to_dict("records"))}
+        for number, what, prefix, method in ABLATIONS:
             names = [n for n in experiments if n.startswith(prefix)]
-            if not any(n in by_row for n in names):
+            by_name = {n: by_row.get(f"{method}@{n}") for n in names}
+            if not any(r is not None for r in by_name.values()):
                 continue
             rows, data, first = [], [], None
             for i, name in enumerate(names, 1):
-                r = by_row.get(name)
+                r = by_name[name]
                 if i == 1:
                     first = r
-                about = re.sub(r"^Table \d+ row \d+:\s*", "", experiments[name].about)
+                about = re.sub(r"^Table \d+ row \d+:\s*", "", getattr(experiments[name], "about", experiments[name]))
                 cells, raw = _row(i, name, about, r, first)
                 rows.append(cells)
                 data.append(raw)

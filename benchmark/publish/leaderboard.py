@@ -17,7 +17,7 @@ from typing import Iterable, Sequence
 import pandas as pd
 
 from benchmark.publish.fmt import GIB
-from benchmark.publish.names import ABLATION_ROWS, GLUE_AVG, GLUE_FAMILY, GLUE_TASKS
+from benchmark.publish.names import ABLATION_ROWS, AVERAGE_TASKS, AVERAGED
 from benchmark.results import CORRUPT, budget_label, method_label, validate
 
 KEYS = ["task_family", "task", "task_version", "backbone", "budget", "device", "method"]
@@ -122,22 +122,24 @@ def _aggregate(runs: pd.DataFrame, metric_names: list[str]) -> pd.DataFrame:
 
 
 def _family_average(table: pd.DataFrame) -> pd.DataFrame:
-    """One ``GLUE_AVG`` row per (backbone, budget, device, method, task version) with every ``GLUE_TASKS`` task."""
-    sub = table[table["task"].isin(GLUE_TASKS)]
+    """One average row (GLUE's glue_avg) per (backbone, budget, device, method, task version) of a task group
+    that declares one, for a method with every member task."""
     rows = []
-    for (backbone, budget, device, method, version), g in sub.groupby(
-            ["backbone", "budget", "device", "method", "task_version"], sort=False):
-        if set(g["task"]) != set(GLUE_TASKS):
-            continue
-        rows.append({"task_family": GLUE_FAMILY, "task": GLUE_AVG, "task_version": version, "backbone": backbone,
-                     "budget": budget, "device": device, "method": method, "n": int(g["n"].min()),
-                     "score_mean": g["score_mean"].mean(), "score_std": float("nan"),
-                     "val_score_mean": g["val_score_mean"].mean(),
-                     "trainable_params": int(g["trainable_params"].max()),
-                     "trainable_percent": g["trainable_percent"].max(),
-                     "peak_train_bytes": int(g["peak_train_bytes"].max()),
-                     "peak_train_gib": g["peak_train_bytes"].max() / GIB, "step_seconds": float("nan"),
-                     "higher_is_better": bool(g["higher_is_better"].all())})
+    for family, members, average_task in AVERAGED:
+        sub = table[table["task"].isin(members)]
+        for (backbone, budget, device, method, version), g in sub.groupby(
+                ["backbone", "budget", "device", "method", "task_version"], sort=False):
+            if set(g["task"]) != set(members):
+                continue
+            rows.append({"task_family": family, "task": average_task, "task_version": version, "backbone": backbone,
+                         "budget": budget, "device": device, "method": method, "n": int(g["n"].min()),
+                         "score_mean": g["score_mean"].mean(), "score_std": float("nan"),
+                         "val_score_mean": g["val_score_mean"].mean(),
+                         "trainable_params": int(g["trainable_params"].max()),
+                         "trainable_percent": g["trainable_percent"].max(),
+                         "peak_train_bytes": int(g["peak_train_bytes"].max()),
+                         "peak_train_gib": g["peak_train_bytes"].max() / GIB, "step_seconds": float("nan"),
+                         "higher_is_better": bool(g["higher_is_better"].all())})
     return pd.DataFrame(rows)
 
 
@@ -199,7 +201,7 @@ def build_leaderboard(records: Iterable[dict],
                                                     bool(g["higher_is_better"].iloc[0]))
 
     best_first = table["score_mean"].where(table["higher_is_better"], -table["score_mean"])
-    order = table.assign(_avg=table["task"].eq(GLUE_AVG), _rank=-best_first).sort_values(
+    order = table.assign(_avg=table["task"].isin(AVERAGE_TASKS), _rank=-best_first).sort_values(
         ["task_family", "_avg", "task", "task_version", "backbone", "budget", "device", "_rank", "method"], kind="stable")
     table = table.loc[order.index, columns].reset_index(drop=True)
     table = table.astype({"task_version": int, "n": int, "trainable_params": int, "peak_train_bytes": int,

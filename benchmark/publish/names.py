@@ -1,25 +1,13 @@
-"""Every method, task and family name the publishing code knows, and the text that names them: the paper's
-table layouts (GLUE as Table 2, vision-language, the ablation Tables 3 and 4), the row order, and what the
-figures highlight as ours. Nothing else under ``benchmark.publish`` spells a method's or task's name.
-"""
-# SEAM(issue17): the lead replaces this module with lookups in the method/task cards each folder declares.
+"""What the publishing code needs to know about methods and tasks, read from the cards each folder declares
+(``methods/<m>/__init__.py``, ``tasks/<t>/__init__.py``; no torch): the paper-layout tables of the task groups,
+the row order, the ablation tables of the method that declares them, and what the figures highlight as ours.
+Nothing under ``benchmark.publish`` spells a method's or task's name."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-GLUE_FAMILY = "glue"
-GLUE_TASKS = ("cola", "sst2", "mrpc", "qqp", "mnli", "qnli", "rte", "stsb")
-GLUE_NAMES = {"cola": "CoLA", "sst2": "SST-2", "mrpc": "MRPC", "qqp": "QQP", "mnli": "MNLI", "qnli": "QNLI",
-              "rte": "RTE", "stsb": "STS-B"}
-GLUE_AVG = "glue_avg"  # the leaderboard row averaging the eight GLUE tasks
-GLUE_AVG_NOTE = "glue_avg = mean of the eight GLUE task means (n = fewest seeds; memory = largest)."
-GLUE_TITLE = "GLUE (paper Table 2 layout)"
-
-VL_FAMILY = "vl"
-VL_TASKS = ("vqa", "gqa", "nlvr2", "easy_vqa")
-VL_NAMES = {"vqa": "VQAv2", "gqa": "GQA", "nlvr2": "NLVR2", "easy_vqa": "easy_vqa"}
-VL_TITLE = "Vision-language"
-
+from methods import method_cards, ours_method
+from tasks import task_groups
 
 
 @dataclass(frozen=True)
@@ -32,29 +20,35 @@ class Layout:
     names: dict
     every_column: bool  # a column for each of ``tasks`` even without results; else the tasks that have some,
     # then the family's other tasks by name
+    average: str = "Avg"
 
 
-LAYOUTS = (Layout(GLUE_FAMILY, GLUE_TITLE, GLUE_TASKS, GLUE_NAMES, every_column=True),
-           Layout(VL_FAMILY, VL_TITLE, VL_TASKS, VL_NAMES, every_column=False))
-NO_PAPER_TABLES = "No GLUE, vision-language or ablation results yet."
+_GROUPS = task_groups()
+LAYOUTS = tuple(Layout(g.family, g.title, g.members, g.names, g.every_column, g.average) for g in _GROUPS)
+# groups with a leaderboard row averaging all their members (GLUE's glue_avg): (family, members, row's task)
+AVERAGED = tuple((g.family, g.members, g.average_task) for g in _GROUPS if g.average_task)
+AVERAGE_TASKS = tuple(task for _, _, task in AVERAGED)
+AVERAGE_NOTES = " ".join(g.average_note for g in _GROUPS if g.average_note)
+NO_PAPER_TABLES = "No results for the paper-layout or ablation tables yet."
 
-# (table number, what it ablates, prefix of its rows' variant names)
-ABLATIONS = (("Table 3", "ISMoE ablation, full-precision backbone", "table3-"),
-             ("Table 4", "GNP-IQ ablation (ISMoE on)", "table4-"))
-ABLATION_METHOD = "mpismoe"
-ABLATION_ROWS = tuple(f"{ABLATION_METHOD}@{p}" for _, _, p in ABLATIONS)  # method labels of the ablation runs
-ABLATIONS_MOVED = "MP-ISMoE's ablation rows are in ablations.md. "
-ABLATIONS_HEAD = "MP-ISMoE ablations (paper Tables 3 and 4), from the mpismoe@table3-* and mpismoe@table4-* runs."
+_OURS = ours_method()
+OURS = _OURS.name  # highlighted in the score-vs-memory figures, as the paper's teaser does
+OURS_QUANTIZER = _OURS.quantizer  # highlighted in the quantization figure
+QUANT_TITLE = f"{_OURS.quantizer_display} vs other quantizers on the frozen backbone"
+
+# the ablation tables: those of every method card that declares some
+_TABLED = [c for c in method_cards() if c.tables]
+ABLATIONS = tuple((t.label, t.title, t.prefix, c.name) for c in _TABLED for t in c.tables)
+ABLATION_ROWS = tuple(f"{method}@{prefix}" for _, _, prefix, method in ABLATIONS)  # method labels of their runs
+ABLATIONS_MOVED = "".join(f"{c.display}'s ablation rows are in ablations.md. " for c in _TABLED)
+ABLATIONS_HEAD = " ".join(
+    f"{c.tables_heading}, from the " + " and ".join(f"{c.name}@{t.prefix}*" for t in c.tables) + " runs."
+    for c in _TABLED)
 
 # Rows in the paper's order (largest memory first, ours last); unknown methods after these, by name.
-METHOD_ORDER = ("full", "lora", "bitfit", "side_tuning", "lst", "unipt", "sherl", "mpismoe")
-OURS = "mpismoe"  # highlighted in the score-vs-memory figures, as the paper's teaser does
-OURS_QUANTIZER = "gnpiq"  # highlighted in the quantization figure
-QUANT_TITLE = "GNP-IQ vs other quantizers on the frozen backbone"
+METHOD_ORDER = tuple(c.name for c in method_cards())
 
 
-def experiments() -> dict:
-    """The ablation method's named rows, each with its ``about`` line (imported lazily: methods pull in torch)."""
-    from methods.mpismoe.experiments import EXPERIMENTS
-
-    return EXPERIMENTS
+def experiments() -> dict[str, str]:
+    """Each ablation row's one-line description, by variant name."""
+    return {variant: about for c in _TABLED for t in c.tables for variant, about in t.rows}

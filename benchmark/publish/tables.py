@@ -11,13 +11,13 @@ import pandas as pd
 
 from benchmark.publish import fmt
 from benchmark.publish.leaderboard import is_ablation_row
-from benchmark.publish.names import ABLATIONS_MOVED, GLUE_AVG_NOTE, LAYOUTS, METHOD_ORDER, Layout
+from benchmark.publish.names import ABLATIONS_MOVED, AVERAGE_NOTES, LAYOUTS, METHOD_ORDER, Layout
 from benchmark.results import atomic_write_text
 
 NOTES = ("Scores that are fractions (accuracy, F1, correlations) are in percent; mean ± sample std over "
          "seeds, (n) = seeds. Memory: peak training bytes / 1024^3 (GiB). ★ = Pareto front of score vs "
          "peak memory within a task, version, backbone, budget and device. Budget: epochs (or steps), batch, "
-         "max length, train/eval subsets, precision when not fp32. " + GLUE_AVG_NOTE)
+         "max length, train/eval subsets, precision when not fp32. " + AVERAGE_NOTES)
 
 
 # --- Markdown and LaTeX ------------------------------------------------------------------------------
@@ -162,7 +162,7 @@ def layout_tables(df: pd.DataFrame, layout: Layout) -> list[Table]:
         tasks = list(layout.tasks)
     else:
         tasks = [t for t in layout.tasks if t in set(fam["task"])] + sorted(set(fam["task"]) - set(layout.tasks))
-    return _task_table(fam, tasks, layout.names, layout.title, "Avg", every_column=layout.every_column)
+    return _task_table(fam, tasks, layout.names, layout.title, layout.average, every_column=layout.every_column)
 
 
 def family_tables(df: pd.DataFrame) -> dict[str, list[Table]]:
