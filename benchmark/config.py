@@ -7,11 +7,7 @@ import typing
 from dataclasses import dataclass, fields
 from typing import Any
 
-from benchmark.errors import UserError
-
-
-class ConfigError(UserError):
-    pass
+from benchmark.errors import ConfigError  # noqa: F401  (re-exported: ``from benchmark.config import ConfigError``)
 
 
 @dataclass

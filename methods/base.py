@@ -11,12 +11,8 @@ import torch
 from torch import nn
 
 from benchmark.backbones import Backbone
-from benchmark.errors import UserError
+from benchmark.errors import ConfigError  # noqa: F401  (re-exported to the methods)
 from benchmark.registry import Registry
-
-
-class ConfigError(UserError):
-    pass
 
 
 @dataclass
