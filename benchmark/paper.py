@@ -62,7 +62,8 @@ def _expected(plan) -> dict:
     return {"run": {"task": r.task, "task_version": plan.task.version, "method": r.method,
                     "method_version": plan.method_cls.version, "variant": r.variant or None,
                     "backbone": plan.backbone_label, "seed": r.seed,
-                    "config": {"run": as_dict(r), "method": as_dict(plan.method_cfg)}}}
+                    "config": {"run": as_dict(r), "method": as_dict(plan.method_cfg)}},
+            "renamed": getattr(plan.method_cfg, "renamed", {})}  # old method key -> new (MethodConfig.renamed)
 
 
 def staleness(path: Path, expected: dict) -> str:
@@ -91,6 +92,7 @@ def staleness(path: Path, expected: dict) -> str:
     if changed:
         return "run settings changed: " + ", ".join(f"{k} {have_run[k]!r} -> {want_run[k]!r}" for k in changed)
     have_m, want_m = run["config"].get("method", {}), want["config"]["method"]
+    have_m = {expected.get("renamed", {}).get(k, k): v for k, v in have_m.items()}  # recorded under an old name
     changed = sorted(k for k in set(have_m) | set(want_m) if have_m.get(k) != want_m.get(k))
     if changed:
         return "method config changed: " + ", ".join(changed)

@@ -19,6 +19,11 @@ from benchmark.registry import Registry
 class MethodConfig:
     """Hyperparameters every method has. Subclasses change defaults and add their own fields."""
 
+    # Old key name -> new one, for a key renamed after results were recorded: the old name still works on
+    # the command line, in variants and as ``base.<old>`` (benchmark.config.current_names), records carry
+    # the new one, and ``make paper`` reads an old record's key under its new name (not stale).
+    renamed: ClassVar[dict[str, str]] = {}
+
     lr: float = 3e-4
     weight_decay: float = 0.0
     head_dropout: float = 0.1
