@@ -22,6 +22,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
+from benchmark.cli import entry_point
 from benchmark.results import BREAKDOWN, atomic_write_text, slug
 
 GIB = 1024 ** 3
@@ -280,6 +281,7 @@ def write_figures(results_dir: str | os.PathLike = "results", out: str | os.Path
     return [out / e["file"] for e in entries]
 
 
+@entry_point()
 def main(argv: list[str] | None = None) -> int:
     """``python -m benchmark.figures``; rewrites ``<results-dir>/index.html`` when the figures go to
     ``<results-dir>/figures`` (where the page looks for them)."""

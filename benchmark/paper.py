@@ -16,7 +16,6 @@ Nothing here branches on a method's or task's name.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmark.cli import OverridesParser, entry_point
 from benchmark.config import as_dict, parse_overrides
 from benchmark.errors import UserError
 
@@ -173,8 +173,9 @@ def default_workers() -> int:
     return max(1, min(2, os.cpu_count() or 1))
 
 
+@entry_point()
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmark.paper", description=__doc__.splitlines()[0])
+    ap = OverridesParser(prog="python -m benchmark.paper", description=__doc__.splitlines()[0])
     ap.add_argument("overrides", nargs="*", help="key=value for every run (e.g. wandb=disabled)")
     ap.add_argument("--seeds", default=",".join(map(str, SEEDS)))
     ap.add_argument("--jobs", type=int, default=0, help="runs at a time (0 = 1 per GPU, else 2 on CPU)")
@@ -216,8 +217,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(UserError.exit_code)
+    sys.exit(main())

@@ -50,6 +50,7 @@ import warnings
 from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 
+from benchmark.cli import OverridesParser, entry_point, quiet
 from benchmark.errors import UserError
 from benchmark.memory_bench import COLUMNS, select_rows
 
@@ -726,41 +727,33 @@ def calibrate(target: str = "cuda") -> int:
     return 0
 
 
+@entry_point(ValueError)
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
     from benchmark.config import parse_overrides
 
-    parser = argparse.ArgumentParser(prog="python -m benchmark.predict", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OverridesParser(prog="python -m benchmark.predict", description=__doc__.split("\n\n")[0],
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("overrides", nargs="*", help="backbone= batch_size= max_length= precision= target= steps= "
                                                      "task= methods= out= jobs=")
     parser.add_argument("--compare-cuda", action="store_true", help="also run every row for real on CUDA")
     parser.add_argument("--calibrate", action="store_true",
                         help="predict protocols.md's H100 reference runs (T5-base encoder-decoder) beside their bytes")
     args = parser.parse_args(argv)
-    from benchmark.__main__ import _quiet
-
-    _quiet()
-    try:
-        overrides = parse_overrides(args.overrides)
-        opts = {k: overrides.pop(k) for k in CLI_KEYS if k in overrides}
-        methods = opts.get("methods", "").replace(",", " ").split() or None
-        if args.compare_cuda:
-            return compare_cuda(overrides, methods)
-        if args.calibrate:
-            target = overrides.get("target", DEFAULTS["target"])
-            if target not in TARGETS:
-                raise UserError(f"bad value target={target!r}: must be cuda or cpu")
-            return calibrate(target)
-        jobs = int(opts.get("jobs", min(2, os.cpu_count() or 1)))
-        return predict_all(overrides, methods, out=opts.get("out", "results/memory_predicted.csv"), jobs=jobs)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    quiet()
+    overrides = parse_overrides(args.overrides)
+    opts = {k: overrides.pop(k) for k in CLI_KEYS if k in overrides}
+    methods = opts.get("methods", "").replace(",", " ").split() or None
+    if args.compare_cuda:
+        return compare_cuda(overrides, methods)
+    if args.calibrate:
+        target = overrides.get("target", DEFAULTS["target"])
+        if target not in TARGETS:
+            raise UserError(f"bad value target={target!r}: must be cuda or cpu")
+        return calibrate(target)
+    jobs = int(opts.get("jobs", min(2, os.cpu_count() or 1)))
+    return predict_all(overrides, methods, out=opts.get("out", "results/memory_predicted.csv"), jobs=jobs)
 
 
 if __name__ == "__main__":
