@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.__main__ import main
+from benchmark.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 
