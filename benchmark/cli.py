@@ -88,15 +88,16 @@ def as_overrides(argv: list[str], is_flag) -> list[str]:
         name = item.split("=", 1)[0]
         if item == "--":  # the rest is positional, as argparse reads it
             return out + argv[i:]
+        key = name[2:].replace("-", "_")
         if not item.startswith("--") or is_flag(name):
             out.append(item)
         elif "=" in item:
-            out.append(name[2:].replace("-", "_") + "=" + item.split("=", 1)[1])
+            out.append(f"{key}={item.split('=', 1)[1]}")
         elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
-            out.append(f"{name[2:].replace('-', '_')}={argv[i + 1]}")
+            out.append(f"{key}={argv[i + 1]}")
             i += 1
         else:
-            out.append(f"{name[2:].replace('-', '_')}=true")
+            out.append(f"{key}=true")
         i += 1
     return out
 
