@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from benchmark.cli import OverridesParser, entry_point, quiet
 from benchmark.errors import UserError
 
 UNITS = {"b": 1, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "kb": 10**3, "mb": 10**6, "gb": 10**9,
@@ -132,34 +133,28 @@ def advise(budget: str, backbone: str, batch: int, length: int, task: str = "", 
     return rows
 
 
+@entry_point()
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    from benchmark.__main__ import _quiet
     from benchmark.config import parse_overrides
 
-    p = argparse.ArgumentParser(prog="python -m benchmark.advise", description=__doc__.split("\n\n")[0])
+    p = OverridesParser(prog="python -m benchmark.advise", description=__doc__.split("\n\n")[0])
     p.add_argument("overrides", nargs="*", help="budget= backbone= batch_size= max_length= task= precision=")
     args = p.parse_args(argv)
-    _quiet()
+    quiet()
+    o = parse_overrides(args.overrides)
+    unknown = set(o) - {"budget", "backbone", "batch_size", "max_length", "task", "precision", "results_dir"}
+    if unknown:
+        raise UserError(f"unknown key {sorted(unknown)[0]!r}; valid: budget backbone batch_size max_length task "
+                        f"precision results_dir")
+    if "budget" not in o:
+        raise UserError("give a memory budget: BUDGET=8GiB (make advise) or budget=8GiB")
     try:
-        o = parse_overrides(args.overrides)
-        unknown = set(o) - {"budget", "backbone", "batch_size", "max_length", "task", "precision", "results_dir"}
-        if unknown:
-            raise UserError(f"unknown key {sorted(unknown)[0]!r}; valid: budget backbone batch_size max_length task "
-                            f"precision results_dir")
-        if "budget" not in o:
-            raise UserError("give a memory budget: BUDGET=8GiB (make advise) or budget=8GiB")
-        try:
-            batch, length = int(o.get("batch_size", "100")), int(o.get("max_length", "128"))
-        except ValueError:
-            raise UserError("batch_size and max_length must be whole numbers") from None
-        advise(o["budget"], o.get("backbone", "t5-base"), batch, length, o.get("task", ""),
-               o.get("precision", "32-true"), o.get("results_dir", "results"))
-        return 0
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
+        batch, length = int(o.get("batch_size", "100")), int(o.get("max_length", "128"))
+    except ValueError:
+        raise UserError("batch_size and max_length must be whole numbers") from None
+    advise(o["budget"], o.get("backbone", "t5-base"), batch, length, o.get("task", ""),
+           o.get("precision", "32-true"), o.get("results_dir", "results"))
+    return 0
 
 
 if __name__ == "__main__":

@@ -7,13 +7,9 @@ import typing
 from dataclasses import dataclass, fields
 from typing import Any
 
-from benchmark.errors import UserError
+from benchmark.errors import ConfigError  # noqa: F401  (re-exported: ``from benchmark.config import ConfigError``)
 from methods import default_method
 from tasks import default_task
-
-
-class ConfigError(UserError):
-    pass
 
 
 @dataclass
@@ -138,9 +134,21 @@ def _nested_field(key: str) -> str | None:
     return key.split(".", 1)[0] + NESTED_SUFFIX if "." in key else None
 
 
+def current_names(cls, values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with the old names of renamed keys (``cls.renamed``, old -> new, e.g. ``{"r": "reduction"}``)
+    replaced by the current ones, so old commands and variants keep working and records carry the new name."""
+    renamed = getattr(cls, "renamed", {})
+    for old, new in renamed.items():
+        if old in values and new in values:
+            raise ConfigError(f"{old!r} is the old name of config key {new!r}: give only {new}=")
+    return {renamed.get(k, k): v for k, v in values.items()}
+
+
 def build(cls, values: dict[str, str], owner: str, base: Any = None):
     """Instantiate dataclass ``cls`` from string values (type-checked, validated in __post_init__).
-    Dotted keys (``base.reduction=16``) are collected into their ``<prefix>_overrides`` dict field."""
+    Dotted keys (``base.reduction=16``) are collected into their ``<prefix>_overrides`` dict field; an old
+    key name (``cls.renamed``) sets its new one."""
+    values = current_names(cls, values)
     hints = typing.get_type_hints(cls)
     kwargs: dict[str, Any] = {}
     if base is not None:
@@ -159,7 +167,7 @@ def split_overrides(values: dict[str, str], *dataclasses_: type) -> list[dict[st
     routed: list[dict[str, str]] = [{} for _ in dataclasses_]
     for k, v in values.items():
         for i, cls in enumerate(dataclasses_):
-            if (_nested_field(k) or k) in {f.name for f in fields(cls)}:
+            if (_nested_field(k) or k) in {f.name for f in fields(cls)} | set(getattr(cls, "renamed", {})):
                 routed[i][k] = v
                 break
         else:

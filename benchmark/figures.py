@@ -2,7 +2,10 @@
 figures step of ``benchmark.publish``; the plots themselves are in ``benchmark.publish.figures``."""
 from __future__ import annotations
 
-from benchmark.publish import figures_main as main
+from benchmark.cli import entry_point
+from benchmark.publish import figures_main
+
+main = entry_point()(figures_main)  # bad input: one line, exit 2
 
 if __name__ == "__main__":
     raise SystemExit(main())

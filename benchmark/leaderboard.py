@@ -8,6 +8,6 @@ from benchmark.publish.leaderboard import Report, build_leaderboard, pareto_fron
 if __name__ == "__main__":
     import sys
 
-    from benchmark.__main__ import main as cli
+    from benchmark.cli import main as cli
 
     sys.exit(cli(["leaderboard", *sys.argv[1:]]))

@@ -15,7 +15,6 @@ Nothing here branches on a method's or task's name.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmark.cli import OverridesParser, entry_point
 from benchmark.config import parse_overrides
 from benchmark.errors import UserError
 from tasks import paper_tasks
@@ -58,7 +58,9 @@ def _expected(plan) -> dict:
     """The record a run of ``plan`` would write, as far as the plan fixes it: its path and whether it is current."""
     from benchmark.results import build_record
 
-    return build_record(plan)
+    expected = build_record(plan)
+    expected["renamed"] = getattr(plan.method_cfg, "renamed", {})  # old method key -> new (MethodConfig.renamed)
+    return expected
 
 
 def staleness(path: Path, expected: dict) -> str:
@@ -87,6 +89,7 @@ def staleness(path: Path, expected: dict) -> str:
     if changed:
         return "run settings changed: " + ", ".join(f"{k} {have_run[k]!r} -> {want_run[k]!r}" for k in changed)
     have_m, want_m = run["config"].get("method", {}), want["config"]["method"]
+    have_m = {expected.get("renamed", {}).get(k, k): v for k, v in have_m.items()}  # recorded under an old name
     changed = sorted(k for k in set(have_m) | set(want_m) if have_m.get(k) != want_m.get(k))
     if changed:
         return "method config changed: " + ", ".join(changed)
@@ -167,8 +170,9 @@ def default_workers() -> int:
     return max(1, min(2, os.cpu_count() or 1))
 
 
+@entry_point()
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmark.paper", description=__doc__.splitlines()[0])
+    ap = OverridesParser(prog="python -m benchmark.paper", description=__doc__.splitlines()[0])
     ap.add_argument("overrides", nargs="*", help="key=value for every run (e.g. wandb=disabled)")
     ap.add_argument("--seeds", default=",".join(map(str, SEEDS)))
     ap.add_argument("--jobs", type=int, default=0, help="runs at a time (0 = 1 per GPU, else 2 on CPU)")
@@ -207,8 +211,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(UserError.exit_code)
+    sys.exit(main())

@@ -27,8 +27,8 @@ What a prediction is, exactly:
   update. A fake CUDA *device* cannot
   run autograd on a CPU-only torch build (the autograd engine needs a CUDA device guard and accelerator
   hooks), so autocast (``precision=bf16-mixed``) follows CPU rules, which keep softmax,
-  layer norm, pow, sum ... in bf16 where CUDA autocast runs them in fp32. Calibrated against
-  protocols.md's H100 figures (T5-base encoder-decoder, batch 100): full fine-tuning 0.92-0.97, LoRA
+  layer norm, pow, sum ... in bf16 where CUDA autocast runs them in fp32. Calibrated against the H100
+  reference figures of docs/memory.md (T5-base encoder-decoder, batch 100): full fine-tuning 0.92-0.97, LoRA
   0.93, frozen forward 0.98 of ``max_memory_allocated`` (CPU kernels: 1.21-1.33); kernel workspaces
   (cuBLAS, SDPA backward) and allocator rounding are not tensors and are not counted.
   ``target=cpu`` predicts this machine's CPU run (``make memory``'s tracker) exactly.
@@ -50,6 +50,7 @@ import warnings
 from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 
+from benchmark.cli import OverridesParser, entry_point, quiet
 from benchmark.errors import UserError
 from benchmark.memory_bench import COLUMNS, select_rows
 
@@ -661,13 +662,13 @@ def compare_cuda(overrides: dict[str, str], methods: list[str] | None = None) ->
     return 1 if bad else 0
 
 
-# protocols.md: H100 80GB, T5ForConditionalGeneration from the t5-base config (random init), batch 100,
+# docs/memory.md: H100 80GB, T5ForConditionalGeneration from the t5-base config (random init), batch 100,
 # source length 128, target length 8, fp32, AdamW, max_memory_allocated over 4 training steps
 REFERENCE_H100 = {"full": 16_328_735_744, "lora": 10_434_619_904, "frozen": 2_187_279_360}
 
 
 def _reference_peak(kind: str, target: str, order: str) -> int:
-    """One protocols.md reference run under FakeTensorMode; ``order``: ``plain`` (forward, backward, step,
+    """One reference run (docs/memory.md) under FakeTensorMode; ``order``: ``plain`` (forward, backward, step,
     zero_grad) or ``lightning`` (zero_grad between forward and backward, inside the step's closure)."""
     import torch
     from torch._subclasses.fake_tensor import FakeTensorMode
@@ -715,7 +716,7 @@ def _reference_peak(kind: str, target: str, order: str) -> int:
 
 
 def calibrate(target: str = "cuda") -> int:
-    """Predict protocols.md's H100 reference runs and print each prediction beside the measured bytes."""
+    """Predict the H100 reference runs of docs/memory.md and print each prediction beside the measured bytes."""
     print("run | loop order | predicted bytes | H100 max_memory_allocated | predicted / measured")
     print("--- | --- | --- | --- | ---")
     for kind, measured in REFERENCE_H100.items():
@@ -726,41 +727,33 @@ def calibrate(target: str = "cuda") -> int:
     return 0
 
 
+@entry_point(ValueError)
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
     from benchmark.config import parse_overrides
 
-    parser = argparse.ArgumentParser(prog="python -m benchmark.predict", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OverridesParser(prog="python -m benchmark.predict", description=__doc__.split("\n\n")[0],
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("overrides", nargs="*", help="backbone= batch_size= max_length= precision= target= steps= "
                                                      "task= methods= out= jobs=")
     parser.add_argument("--compare-cuda", action="store_true", help="also run every row for real on CUDA")
     parser.add_argument("--calibrate", action="store_true",
-                        help="predict protocols.md's H100 reference runs (T5-base encoder-decoder) beside their bytes")
+                        help="predict docs/memory.md's H100 reference runs (T5-base encoder-decoder) beside them")
     args = parser.parse_args(argv)
-    from benchmark.__main__ import _quiet
-
-    _quiet()
-    try:
-        overrides = parse_overrides(args.overrides)
-        opts = {k: overrides.pop(k) for k in CLI_KEYS if k in overrides}
-        methods = opts.get("methods", "").replace(",", " ").split() or None
-        if args.compare_cuda:
-            return compare_cuda(overrides, methods)
-        if args.calibrate:
-            target = overrides.get("target", DEFAULTS["target"])
-            if target not in TARGETS:
-                raise UserError(f"bad value target={target!r}: must be cuda or cpu")
-            return calibrate(target)
-        jobs = int(opts.get("jobs", min(2, os.cpu_count() or 1)))
-        return predict_all(overrides, methods, out=opts.get("out", "results/memory_predicted.csv"), jobs=jobs)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    quiet()
+    overrides = parse_overrides(args.overrides)
+    opts = {k: overrides.pop(k) for k in CLI_KEYS if k in overrides}
+    methods = opts.get("methods", "").replace(",", " ").split() or None
+    if args.compare_cuda:
+        return compare_cuda(overrides, methods)
+    if args.calibrate:
+        target = overrides.get("target", DEFAULTS["target"])
+        if target not in TARGETS:
+            raise UserError(f"bad value target={target!r}: must be cuda or cpu")
+        return calibrate(target)
+    jobs = int(opts.get("jobs", min(2, os.cpu_count() or 1)))
+    return predict_all(overrides, methods, out=opts.get("out", "results/memory_predicted.csv"), jobs=jobs)
 
 
 if __name__ == "__main__":

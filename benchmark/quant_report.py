@@ -41,6 +41,7 @@ from typing import Callable
 
 import torch
 
+from benchmark.cli import entry_point
 from benchmark.errors import UserError
 
 COLUMNS = ["quantizer", "bits", "group_size", "mse", "mse_ratio_to_rtn", "output_error", "bytes_per_weight",
@@ -369,6 +370,7 @@ def _time_dequant(backbone) -> float:
     return time.perf_counter() - t0
 
 
+@entry_point()
 def cli(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmark.quant_report", description=__doc__.splitlines()[0])
     p.add_argument("--out", default="results/quantization.csv")
@@ -390,8 +392,4 @@ def cli(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(cli())
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(UserError.exit_code)
+    sys.exit(cli())

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from benchmark.config import ConfigError, RunConfig, as_dict, build, split_overrides
+from benchmark.config import ConfigError, RunConfig, as_dict, build, current_names, split_overrides
 from benchmark.errors import UserError
 from benchmark import results
 
@@ -58,7 +58,8 @@ def plan(overrides: dict[str, str]) -> Plan:
         if run.variant not in method_cls.variants:
             valid = ", ".join(sorted(method_cls.variants)) or "none"
             raise ConfigError(f"unknown variant {run.variant!r} of method {run.method!r}; valid variants: {valid}")
-        method_vals = {**method_cls.variants[run.variant], **method_vals}  # the command line wins
+        variant = current_names(method_cls.config_class, method_cls.variants[run.variant])
+        method_vals = {**variant, **current_names(method_cls.config_class, method_vals)}  # the command line wins
     method_cfg = build(method_cls.config_class, method_vals, probe.method)
     return Plan(run, method_cls, method_cfg, task)
 

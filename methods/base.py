@@ -11,17 +11,18 @@ import torch
 from torch import nn
 
 from benchmark.backbones import Backbone
-from benchmark.errors import UserError
+from benchmark.errors import ConfigError  # noqa: F401  (re-exported to the methods)
 from methods import METHODS  # noqa: F401  (the registry lives in the light package)
-
-
-class ConfigError(UserError):
-    pass
 
 
 @dataclass
 class MethodConfig:
     """Hyperparameters every method has. Subclasses change defaults and add their own fields."""
+
+    # Old key name -> new one, for a key renamed after results were recorded: the old name still works on
+    # the command line, in variants and as ``base.<old>`` (benchmark.config.current_names), records carry
+    # the new one, and ``make paper`` reads an old record's key under its new name (not stale).
+    renamed: ClassVar[dict[str, str]] = {}
 
     lr: float = 3e-4
     weight_decay: float = 0.0

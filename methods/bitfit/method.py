@@ -1,7 +1,7 @@
 """BitFit (Ben Zaken et al., ACL 2022): only the backbone's bias terms train (plus the task head).
 
 Every parameter of the backbone model named ``*.bias`` trains: the biases of the attention and FFN
-projections and of the LayerNorms, as in the paper. lr 3e-4 is LST's BitFit setting (baselines.md).
+projections and of the LayerNorms, as in the paper. lr 3e-4 is LST's BitFit setting (docs/methods.md).
 
 T5 has no bias terms at all, so BitFit would train nothing in the backbone. What happens then is
 explicit, set by ``if_no_biases``:
@@ -23,7 +23,7 @@ NO_BIAS_CHOICES = ("layernorm", "error")
 
 @dataclass
 class BitFitConfig(MethodConfig):
-    lr: float = 3e-4  # LST's BitFit setting (baselines.md)
+    lr: float = 3e-4  # LST's BitFit setting (docs/methods.md)
     if_no_biases: str = "layernorm"  # layernorm | error: what to train on a backbone without biases (T5)
 
     def __post_init__(self):

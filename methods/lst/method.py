@@ -3,9 +3,9 @@
 The frozen backbone runs once without autograd (``frozen_hidden_states``): none of its activations
 are kept for backward, and gradients flow only through the side network and the ladders.
 
-- Side network: the backbone's own layer type with every width divided by ``r`` (d_model, d_ff and
-  the head size; the head count is kept, as LST's code does with T5's d_kv; ``backbone.narrow_layer``),
-  one side layer per kept backbone layer. Side layers are
+- Side network: the backbone's own layer type with every width divided by r = ``reduction`` (d_model,
+  d_ff and the head size; the head count is kept, as LST's code does with T5's d_kv;
+  ``backbone.narrow_layer``), one side layer per kept backbone layer. Side layers are
   Hugging Face layers, so each one's FFN is a named submodule (BERT ``intermediate``/``output``,
   T5 ``layer[-1]``), the slot MP-ISMoE turns into experts.
 - Side input: a down-projection Linear(d -> d/r) of the backbone's input embeddings.
@@ -26,7 +26,7 @@ are kept for backward, and gradients flow only through the side network and the 
   ``random`` keeps the narrow layers' fresh init and makes ``prepare`` a no-op. Ladders, the input
   down-projection, the final LayerNorm and the up-projection start from their default init either
   way (LST's code initialises them so too).
-- Hyperparameters: lr 3e-3, r = 8 (T5-base GLUE), 1,024 Fisher samples (baselines.md).
+- Hyperparameters: lr 3e-3, r = 8 (T5-base GLUE), 1,024 Fisher samples (docs/methods.md).
 """
 from __future__ import annotations
 
@@ -47,16 +47,18 @@ NO_LAYERS = ("", "none")  # drop_layers spellings of "drop none"
 
 @dataclass
 class LSTConfig(MethodConfig):
-    lr: float = 3e-3  # LST's GLUE setting (baselines.md)
-    r: int = 8  # reduction factor of every side width; 8 for T5-base GLUE (baselines.md)
+    renamed = {"r": "reduction"}  # LST's own name for it; ``reduction`` is the name every side method uses
+
+    lr: float = 3e-3  # LST's GLUE setting (docs/methods.md)
+    reduction: int = 8  # r: every side width is d / r; 8 for T5-base GLUE (docs/methods.md)
     drop_layers: str = ""  # backbone layers with no side layer, e.g. "0,4,8" (LST on T5-base); "" = none
     init: str = "fisher"  # fisher | random: side weights from Fisher-ranked pruning of the backbone, or fresh
-    fisher_samples: int = 1024  # training samples for the Fisher ranking (baselines.md)
-    gate_temperature: float = 0.1  # T in mu_i = sigmoid(alpha_i / T) (baselines.md)
+    fisher_samples: int = 1024  # training samples for the Fisher ranking (docs/methods.md)
+    gate_temperature: float = 0.1  # T in mu_i = sigmoid(alpha_i / T) (docs/methods.md)
 
     def __post_init__(self):
         super().__post_init__()
-        self.check(self.r >= 1, "r", "must be >= 1")
+        self.check(self.reduction >= 1, "reduction", "must be >= 1")
         self.check(self.init in INIT_CHOICES, "init", "must be fisher or random")
         self.check(self.fisher_samples >= 1, "fisher_samples", "must be >= 1")
         self.check(self.gate_temperature > 0, "gate_temperature", "must be > 0")
@@ -86,11 +88,12 @@ class LST(Method):
                               f"[0, {n - 1}] and keep at least one layer of backbone {backbone.name!r}")
         # side layer j (and its ladder) is fed by backbone layer source_layers[j]
         self.source_layers = [i for i in range(n) if i not in dropped]
-        self.d_side = max(1, d // config.r)
+        self.d_side = max(1, d // config.reduction)
         self.embed_down = nn.Linear(d, self.d_side)
         self.ladders = nn.ModuleList([nn.Linear(d, self.d_side) for _ in self.source_layers])
         # side layer j is the j-th of its own stack (T5: the first one owns the relative position bias)
-        self.side_layers = nn.ModuleList([backbone.narrow_layer(config.r, j) for j in range(len(self.source_layers))])
+        self.side_layers = nn.ModuleList([backbone.narrow_layer(config.reduction, j)
+                                          for j in range(len(self.source_layers))])
         self.gate_alpha = nn.Parameter(torch.zeros(len(self.source_layers)))
         self.final_norm = fresh_norm_like(self.side_layers[-1])
         self.up = nn.Linear(self.d_side, d)

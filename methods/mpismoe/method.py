@@ -93,6 +93,9 @@ class MPISMoEConfig(MethodConfig):
         self.check(self.prior_norm in NORMS, "prior_norm", f"must be one of {', '.join(NORMS)}")
         self.check(self.expert_perturb >= 0, "expert_perturb", "must be >= 0")
         self.check(self.balance_coef >= 0, "balance_coef", "must be >= 0")
+        from benchmark.config import current_names
+
+        self.base_overrides = current_names(METHODS.get(self.base).config_class, self.base_overrides)  # base.r=
         self.base_config()  # a bad base.<key> fails here, as one line
 
     def base_config(self) -> MethodConfig:

@@ -1,6 +1,6 @@
 """GNP-IQ, the quantizer of MP-ISMoE's frozen backbone, as a standalone component (no training needed).
 
-The paper (mpismoe.md section 2) initialises every weight group with asymmetric uniform min/max
+The paper (docs/methods.md, GNP-IQ) initialises every weight group with asymmetric uniform min/max
 quantization and measures the error as the MSE between w and the dequantized w_d = s (q - z).
 Quantization-time error minimisation, as this project builds it:
 

@@ -24,7 +24,7 @@ Late route (autograd through exactly one backbone layer):
   last layer; ``g`` starts at 0, so training starts from the side path alone and learns how much
   of the backbone's own feature to mix back in. Then ``late_layer`` (= ``backbone.layers[-1]``),
   then ``backbone.finish`` (T5's final LayerNorm; frozen, gradient passes through it).
-- ``gate_position="after_late"``: the reading in baselines.md (layer first, then the gated residual):
+- ``gate_position="after_late"``: the reading in docs/methods.md (layer first, then the gated residual):
   ``finish(late_layer(fc_out(...))) + tanh(g / 0.1) * h_N`` with ``h_N`` the backbone's final output.
 - Pooling: ``backbone.salient``.
 

@@ -1,7 +1,7 @@
 """The eight GLUE tasks (family "glue"), built from the table in ``tasks.glue.spec``.
 
 Data: a local directory in the original GLUE release layout (``data_dir=`` or the env var GLUE_DIR), else
-the hub dataset nyu-mll/glue. Split protocol and metrics: /work/shared/reference/datasets.md.
+the hub dataset nyu-mll/glue. Split protocol and metrics: docs/datasets.md.
 """
 from __future__ import annotations
 
