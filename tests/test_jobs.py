@@ -1,0 +1,53 @@
+"""The one job runner (benchmark.jobs): local processes a few at a time, exit code 2 stops what has not
+started, and the submitit backend (its local executor) runs the same jobs."""
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from benchmark import jobs
+from benchmark.errors import UserError
+
+
+def _job(name: str, code: int, text: str = "hi", **kw) -> jobs.Job:
+    script = f"import sys; print({text!r}); print('why', file=sys.stderr); raise SystemExit({code})"
+    return jobs.Job(name, [sys.executable, "-c", script], **kw)
+
+
+def test_local_runs_every_job_and_captures_output():
+    started = []
+    done = jobs.run([_job("a", 0), _job("b", 3), _job("c", 0)], workers=2, on_start=lambda i, j: started.append(i))
+    assert sorted((d.job.name, d.returncode) for d in done) == [("a", 0), ("b", 3), ("c", 0)]
+    assert sorted(started) == [1, 2, 3]
+    b = next(d for d in done if d.job.name == "b")
+    assert b.stdout.strip() == "hi" and b.last_line() == "why"
+
+
+def test_exit_code_two_stops_the_jobs_not_started():
+    done = jobs.run([_job("a", 0), _job("bad", 2), _job("never", 0)], workers=1, stop_on=2)
+    assert [(d.job.name, d.returncode) for d in done] == [("a", 0), ("bad", 2)]
+
+
+def test_log_file_and_environment(tmp_path):
+    job = jobs.Job("env", [sys.executable, "-c", "import os; print(os.environ['METL_X'], os.environ.get('PATH') is not None)"],
+                   env={"METL_X": "42"}, log=tmp_path / "logs" / "env.log")
+    (d,) = jobs.run([job])
+    assert d.returncode == 0 and (tmp_path / "logs" / "env.log").read_text().strip() == "42 True"
+
+
+def test_unknown_executor_and_bad_parameters_are_user_errors():
+    with pytest.raises(UserError, match="unknown executor"):
+        jobs.run([_job("a", 0)], executor="kubernetes")
+    with pytest.raises(UserError, match="key=value"):
+        jobs.parse_params(["slurm_partition"])
+    assert jobs.parse_params(["slurm_partition=gpu", "gpus_per_node=1"]) == {"slurm_partition": "gpu", "gpus_per_node": 1}
+
+
+@pytest.mark.parametrize("executor", ["submitit-local", "debug"])
+def test_submitit_backend_runs_a_trivial_job(tmp_path, executor, monkeypatch):
+    pytest.importorskip("submitit")
+    monkeypatch.setenv("METL_JOBS_POLL", "0.2")
+    done = jobs.run([_job("a", 0), _job("b", 3)], workers=2, executor=executor, folder=tmp_path / "submitit",
+                    params={"timeout_min": 5})
+    assert sorted((d.job.name, d.returncode, d.stdout.strip()) for d in done) == [("a", 0, "hi"), ("b", 3, "hi")]
