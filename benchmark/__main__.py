@@ -71,7 +71,7 @@ def cmd_leaderboard(args) -> int:
 
 def cmd_memory(args) -> int:
     from benchmark.config import parse_overrides
-    from benchmark.memory_bench import measure_all, measure_one
+    from benchmark.memory.measure import measure_all, measure_one
 
     overrides = parse_overrides(args.overrides)
     if args.one:
