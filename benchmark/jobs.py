@@ -62,13 +62,13 @@ def run_one(job: Job) -> Done:
 def run(jobs: list[Job], workers: int = 1, executor: str = "local", stop_on: int | None = None,
         on_start: Callable[[int, Job], None] | None = None, on_done: Callable[[int, Done], None] | None = None,
         folder: str | Path = "runs/submitit", params: dict | None = None) -> list[Done]:
-    """Run ``jobs``, ``workers`` at a time; ``on_start(i, job)`` / ``on_done(i, done)`` (i from 1) report
+    """Run ``jobs``, ``workers`` at a time (locally; a cluster schedules its own); ``on_start(i, job)`` / ``on_done(i, done)`` (i from 1) report
     progress. Returns what finished, in the order it finished."""
     if executor not in EXECUTORS:
         raise UserError(f"unknown executor {executor!r}: use one of {', '.join(EXECUTORS)}")
     if executor == "local":
         return _run_local(jobs, max(1, workers), stop_on, on_start, on_done)
-    return _run_submitit(jobs, executor, stop_on, on_start, on_done, Path(folder), params or {}, workers)
+    return _run_submitit(jobs, executor, stop_on, on_start, on_done, Path(folder), params or {})
 
 
 def _run_local(jobs, workers, stop_on, on_start, on_done) -> list[Done]:
@@ -96,17 +96,15 @@ def _run_local(jobs, workers, stop_on, on_start, on_done) -> list[Done]:
     return done
 
 
-def _run_submitit(jobs, executor, stop_on, on_start, on_done, folder, params, workers) -> list[Done]:
+def _run_submitit(jobs, executor, stop_on, on_start, on_done, folder, params) -> list[Done]:
     try:
         import submitit
     except ImportError:
         raise UserError(f"executor={executor} needs submitit: pip install 'submitit>=1.5'") from None
     cluster = {"submitit-local": "local"}.get(executor, executor)
     ex = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
-    defaults = {"timeout_min": 24 * 60, "name": "metl-bench"}
-    if cluster == "slurm" and workers:
-        defaults["slurm_array_parallelism"] = workers
-    ex.update_parameters(**{**defaults, **params})
+    # one cluster job per job, all submitted at once: the cluster's scheduler decides how many run
+    ex.update_parameters(**{"timeout_min": 24 * 60, "name": "metl-bench", **params})
     pending = []
     for i, job in enumerate(jobs, 1):
         if on_start:
