@@ -62,8 +62,8 @@ def run_one(job: Job) -> Done:
 def run(jobs: list[Job], workers: int = 1, executor: str = "local", stop_on: int | None = None,
         on_start: Callable[[int, Job], None] | None = None, on_done: Callable[[int, Done], None] | None = None,
         folder: str | Path = "runs/submitit", params: dict | None = None) -> list[Done]:
-    """Run ``jobs``, ``workers`` at a time (locally; a cluster schedules its own); ``on_start(i, job)`` / ``on_done(i, done)`` (i from 1) report
-    progress. Returns what finished, in the order it finished."""
+    """Run ``jobs``, ``workers`` at a time (locally; a cluster schedules its own); ``on_start(i, job)`` and
+    ``on_done(i, done)`` (i from 1) report progress. Returns what finished, in the order it finished."""
     if executor not in EXECUTORS:
         raise UserError(f"unknown executor {executor!r}: use one of {', '.join(EXECUTORS)}")
     if executor == "local":

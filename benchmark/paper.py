@@ -173,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", default=",".join(map(str, SEEDS)))
     ap.add_argument("--jobs", type=int, default=0, help="runs at a time (0 = 1 per GPU, else 2 on CPU)")
     ap.add_argument("--dry-run", action="store_true", help="list what would run and what is current; run nothing")
-    ap.add_argument("--executor", default="local", help="local (JOBS at a time here) or slurm (submitit; one SLURM job per run)")
+    ap.add_argument("--executor", default="local",
+                    help="local (JOBS at a time here) or slurm (submitit: one SLURM job per run)")
     ap.add_argument("--executor-param", action="append", default=[], metavar="KEY=VALUE",
                     help="a submitit parameter, e.g. slurm_partition=gpu gpus_per_node=1 timeout_min=600 (repeatable)")
     a = ap.parse_args(argv)

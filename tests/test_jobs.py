@@ -30,18 +30,19 @@ def test_exit_code_two_stops_the_jobs_not_started():
 
 
 def test_log_file_and_environment(tmp_path):
-    job = jobs.Job("env", [sys.executable, "-c", "import os; print(os.environ['METL_X'], os.environ.get('PATH') is not None)"],
-                   env={"METL_X": "42"}, log=tmp_path / "logs" / "env.log")
+    script = "import os; print(os.environ['METL_X'], os.environ.get('PATH') is not None)"
+    job = jobs.Job("env", [sys.executable, "-c", script], env={"METL_X": "42"}, log=tmp_path / "logs" / "env.log")
     (d,) = jobs.run([job])
     assert d.returncode == 0 and (tmp_path / "logs" / "env.log").read_text().strip() == "42 True"
 
 
 def test_unknown_executor_and_bad_parameters_are_user_errors():
     with pytest.raises(UserError, match="unknown executor"):
-        jobs.run([_job("a", 0)], executor="kubernetes")
+        jobs.run([_job("a", 0)], executor="k8s")
     with pytest.raises(UserError, match="key=value"):
         jobs.parse_params(["slurm_partition"])
-    assert jobs.parse_params(["slurm_partition=gpu", "gpus_per_node=1"]) == {"slurm_partition": "gpu", "gpus_per_node": 1}
+    got = jobs.parse_params(["slurm_partition=gpu", "gpus_per_node=1"])
+    assert got == {"slurm_partition": "gpu", "gpus_per_node": 1}
 
 
 @pytest.mark.parametrize("executor", ["submitit-local", "debug"])
