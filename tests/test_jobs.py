@@ -52,3 +52,50 @@ def test_submitit_backend_runs_a_trivial_job(tmp_path, executor, monkeypatch):
     done = jobs.run([_job("a", 0), _job("b", 3)], workers=2, executor=executor, folder=tmp_path / "submitit",
                     params={"timeout_min": 5})
     assert sorted((d.job.name, d.returncode, d.stdout.strip()) for d in done) == [("a", 0, "hi"), ("b", 3, "hi")]
+
+
+class _StubJob:
+    """Just enough of a submitit job: runs at submission, cancellable."""
+
+    def __init__(self, fn, args):
+        self.value, self.cancelled = fn(*args), False
+
+    def done(self):
+        return True
+
+    def result(self):
+        return self.value
+
+    def cancel(self, check=True):
+        self.cancelled = True
+
+
+class _StubExecutor:
+    made: list = []
+
+    def __init__(self, folder, cluster):
+        self.folder, self.cluster, self.params, self.jobs = folder, cluster, {}, []
+        _StubExecutor.made.append(self)
+
+    def update_parameters(self, **params):
+        self.params.update(params)
+
+    def submit(self, fn, *args):
+        self.jobs.append(_StubJob(fn, args))
+        return self.jobs[-1]
+
+
+def test_cluster_backend_submits_each_job_and_stops_on_two(tmp_path, monkeypatch):
+    """The submitit path without submitit (a stub module): parameters reach the executor, results come back
+    as the local ones do, and exit code 2 cancels what is still queued."""
+    import types
+
+    stub = types.SimpleNamespace(AutoExecutor=_StubExecutor)
+    monkeypatch.setitem(sys.modules, "submitit", stub)
+    monkeypatch.setenv("METL_JOBS_POLL", "0")
+    done = jobs.run([_job("a", 0), _job("b", 3)], executor="slurm", folder=tmp_path, params={"slurm_partition": "gpu"})
+    ex = _StubExecutor.made[-1]
+    assert ex.cluster == "slurm" and ex.params["slurm_partition"] == "gpu" and ex.params["timeout_min"] > 0
+    assert sorted((d.job.name, d.returncode, d.stdout.strip()) for d in done) == [("a", 0, "hi"), ("b", 3, "hi")]
+    done = jobs.run([_job("bad", 2), _job("queued", 0)], executor="slurm", folder=tmp_path, stop_on=2)
+    assert [d.job.name for d in done] == ["bad"] and _StubExecutor.made[-1].jobs[1].cancelled
