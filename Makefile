@@ -19,6 +19,7 @@ DATA_DIR ?= $(GLUE_DIR)
 BATCH ?= 32
 LEN ?= 128
 JOBS ?=
+EXECUTOR ?= local
 
 RUN_ARGS = method=$(METHOD) task=$(TASK) backbone=$(BACKBONE) $(if $(DATA_DIR),data_dir=$(DATA_DIR)) $(ARGS)
 
@@ -47,8 +48,8 @@ bench: setup ## run METHOD on TASK for each of SEEDS (QUICK=1: a few steps), the
 test: setup ## the test suite (offline, CPU, a few minutes)
 	$(PY) -m pytest tests
 
-paper: setup ## every run the paper tables need (offline tasks, 3 seeds, paper budget; current ones skipped; JOBS=n at a time), then tables and figures
-	$(PY) -m benchmark paper $(if $(JOBS),--jobs $(JOBS)) $(ARGS)
+paper: setup ## every run the paper tables need (offline tasks, 3 seeds, paper budget; current ones skipped; JOBS=n at a time; EXECUTOR=slurm: one SLURM job each, via submitit), then tables and figures
+	$(PY) -m benchmark paper $(if $(JOBS),--jobs $(JOBS)) --executor $(EXECUTOR) $(ARGS)
 
 leaderboard: setup ## tables from results/runs: results/leaderboard.{md,csv,tex}, ablations, index.html
 	$(PY) -m benchmark leaderboard

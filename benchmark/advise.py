@@ -1,7 +1,7 @@
 """``make advise BUDGET=8GiB BACKBONE=t5-base BATCH=100 LEN=128 [TASK=...]``: which method fits a memory
 budget, and which of those is most accurate, before any run.
 
-Peaks are the fake-tensor predictions of ``benchmark.predict`` (read from ``results/memory_predicted.csv``
+Peaks are the fake-tensor predictions of ``benchmark.memory.predict`` (read from ``results/memory_predicted.csv``
 when it holds this configuration, else predicted now and kept under ``results/tmp/``). Accuracy comes
 from the leaderboard of the committed results, for the task and backbone asked; a method with no
 result there is listed without one. Order: methods that fit first, the most accurate first, then by
@@ -56,14 +56,14 @@ def predicted(backbone: str, batch: int, length: int, precision: str, results_di
     cached.parent.mkdir(parents=True, exist_ok=True)
     print(f"predicting every method at {backbone}, batch {batch}, length {length}, {precision} "
           f"(fake tensors, a few minutes) ...", file=sys.stderr, flush=True)
-    proc = subprocess.run([sys.executable, "-m", "benchmark.predict", f"backbone={backbone}", f"batch_size={batch}",
+    proc = subprocess.run([sys.executable, "-m", "benchmark.memory.predict", f"backbone={backbone}", f"batch_size={batch}",
                            f"max_length={length}", f"precision={precision}", f"out={cached}"],
                           stdout=subprocess.DEVNULL)
     if proc.returncode == 2:
         raise UserError("the prediction refused its input (see the line above)")
     df = matching(cached)
     if df is None:
-        raise UserError(f"the prediction wrote no rows for {backbone}; run `python -m benchmark.predict "
+        raise UserError(f"the prediction wrote no rows for {backbone}; run `python -m benchmark.memory.predict "
                         f"backbone={backbone}` to see why")
     return df, cached
 

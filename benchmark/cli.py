@@ -20,16 +20,21 @@ from benchmark.errors import UserError
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("benchmark.cli:run_command", "one run: key=value ... (method= task= backbone= seed= and any config key)"),
     "list": ("benchmark.cli:list_command", "registered methods, tasks and backbones"),
-    # SEAM(issue17): memory and predict move into benchmark/memory/; re-point these two strings at merge
     "memory": ("benchmark.cli:memory_command", "peak training memory of every registered method (a process each)"),
-    "predict": ("benchmark.predict:main", "predicted peak training memory on fake tensors (no GPU)"),
+    "predict": ("benchmark.memory.predict:main", "predicted peak training memory on fake tensors (no GPU)"),
     "advise": ("benchmark.advise:main", "the methods that fit a memory budget, best accuracy first"),
     "paper": ("benchmark.paper:main", "every run the paper tables need, then the tables and figures"),
     "figures": ("benchmark.publish:figures_main", "figures from results/ (no training)"),
     "leaderboard": ("benchmark.cli:leaderboard_command", "tables from results/runs/**.json"),
-    # SEAM(issue17): the quantization report moves into methods/mpismoe/; re-point at merge
-    "quant-report": ("benchmark.quant_report:cli", "GNP-IQ against round-to-nearest on a real backbone"),
 }
+
+
+def commands() -> dict[str, tuple[str, str]]:
+    """The suite's commands, then the tools a method card declares (MP-ISMoE's ``quant-report``)."""
+    from methods import method_cards
+
+    tools = {name: (target, help_) for card in method_cards() for name, target, help_ in card.tools}
+    return {**COMMANDS, **{k: v for k, v in tools.items() if k not in COMMANDS}}
 
 QUICK = {"epochs": "1", "limit_train_samples": "160", "limit_eval_samples": "128", "official": "false",
          "warmup_steps": "0"}
@@ -176,7 +181,7 @@ def memory_command(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     quiet()
     from benchmark.config import parse_overrides
-    from benchmark.memory_bench import measure_all, measure_one  # SEAM(issue17): benchmark/memory/ at merge
+    from benchmark.memory.measure import measure_all, measure_one
 
     overrides = parse_overrides(args.overrides)
     if args.one:
@@ -192,18 +197,19 @@ def memory_command(argv: list[str] | None = None) -> int:
 
 def command(name: str):
     """The function of command ``name``, imported now; an unknown name is the user's error."""
-    if name not in COMMANDS:
-        close = difflib.get_close_matches(name, COMMANDS, n=1)
+    known = commands()
+    if name not in known:
+        close = difflib.get_close_matches(name, known, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
-        raise UserError(f"unknown command {name!r}; {hint}valid commands: {', '.join(COMMANDS)}")
-    module, function = COMMANDS[name][0].split(":")
+        raise UserError(f"unknown command {name!r}; {hint}valid commands: {', '.join(known)}")
+    module, function = known[name][0].split(":")
     return getattr(importlib.import_module(module), function)
 
 
 def usage() -> str:
     lines = ["usage: python -m benchmark <command> [key=value | --key value ...]  (<command> -h: its options)",
              "", "commands:"]
-    return "\n".join(lines + [f"  {name:<13} {help_}" for name, (_, help_) in COMMANDS.items()])
+    return "\n".join(lines + [f"  {name:<13} {help_}" for name, (_, help_) in commands().items()])
 
 
 def main(argv: list[str] | None = None) -> int:

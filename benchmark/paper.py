@@ -16,10 +16,8 @@ Nothing here branches on a method's or task's name.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,37 +122,35 @@ def _minutes(seconds: float) -> str:
     return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
 
 
-def run_jobs(jobs: list[Job], workers: int, threads: int, log_dir: Path, command=None) -> list[tuple[Job, int]]:
-    """Run ``jobs`` ``workers`` at a time, each a ``benchmark run`` process with ``threads`` CPU threads and
-    its output in ``log_dir``; a failure is reported and the rest go on. Returns (job, exit code) pairs."""
-    log_dir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+def run_jobs(jobs: list[Job], workers: int, threads: int, log_dir: Path, command=None,
+             executor: str = "local", params: dict | None = None) -> list[tuple[Job, int]]:
+    """Run ``jobs`` ``workers`` at a time (``benchmark.jobs``: here, or over SLURM with ``executor``), each a
+    ``benchmark run`` process with ``threads`` CPU threads and its output in ``log_dir``; a failure is
+    reported and the rest go on. Returns (job, exit code) pairs."""
+    from benchmark import jobs as runner
+
+    env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
            "TOKENIZERS_PARALLELISM": "false"}
     total, t_start = len(jobs), time.time()
-    done = []
+    todo = [runner.Job(job.name, command(job) if command else [sys.executable, "-m", "benchmark", "run",
+                                                               *(f"{k}={v}" for k, v in job.overrides.items())],
+                       env=env, log=log_dir / (job.name.replace("/", "__") + ".log"), data=job) for job in jobs]
 
-    def one(i_job):
-        i, job = i_job
-        args = command(job) if command else [sys.executable, "-m", "benchmark", "run",
-                                              *(f"{k}={v}" for k, v in job.overrides.items())]
-        log = log_dir / (job.name.replace("/", "__") + ".log")
-        t0 = time.time()
-        print(f"[{i}/{total}] start {job.name} ({job.why})", flush=True)
-        with open(log, "w") as fh:
-            rc = subprocess.call(args, stdout=fh, stderr=subprocess.STDOUT, env=env)
-        took = _minutes(time.time() - t0)
-        if rc == 0:
-            print(f"[{i}/{total}] done  {job.name} in {took}", flush=True)
+    def started(i, rj):
+        print(f"[{i}/{total}] start {rj.name} ({rj.data.why})", flush=True)
+
+    def finished(i, d):
+        took = _minutes(d.seconds)
+        if d.returncode == 0:
+            print(f"[{i}/{total}] done  {d.job.name} in {took}", flush=True)
         else:
-            tail = " | ".join(log.read_text(errors="replace").strip().splitlines()[-1:])
-            print(f"[{i}/{total}] FAILED {job.name} (exit {rc}) in {took}: {tail[:200]}; log: {log}", flush=True)
-        done.append((job, rc))
-        return rc
+            print(f"[{i}/{total}] FAILED {d.job.name} (exit {d.returncode}) in {took}: {d.last_line()[:200]}; "
+                  f"log: {d.job.log}", flush=True)
 
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        list(pool.map(one, enumerate(jobs, 1)))
+    done = runner.run(todo, workers, executor=executor, on_start=started, on_done=finished,
+                      folder=log_dir / "submitit", params=params)
     print(f"paper: {total} run(s) in {_minutes(time.time() - t_start)} with {workers} at a time", flush=True)
-    return done
+    return [(d.job.data, d.returncode) for d in done]
 
 
 def default_workers() -> int:
@@ -177,6 +173,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", default=",".join(map(str, SEEDS)))
     ap.add_argument("--jobs", type=int, default=0, help="runs at a time (0 = 1 per GPU, else 2 on CPU)")
     ap.add_argument("--dry-run", action="store_true", help="list what would run and what is current; run nothing")
+    ap.add_argument("--executor", default="local",
+                    help="local (JOBS at a time here) or slurm (submitit: one SLURM job per run)")
+    ap.add_argument("--executor-param", action="append", default=[], metavar="KEY=VALUE",
+                    help="a submitit parameter, e.g. slurm_partition=gpu gpus_per_node=1 timeout_min=600 (repeatable)")
     a = ap.parse_args(argv)
     try:
         seeds = [int(s) for s in a.seeds.split(",") if s.strip()]
@@ -196,7 +196,10 @@ def main(argv: list[str] | None = None) -> int:
         threads = max(1, (os.cpu_count() or 1) // workers)
         from benchmark.run import REPO_ROOT
 
-        results = run_jobs(todo, workers, threads, REPO_ROOT / "runs" / "paper")
+        from benchmark.jobs import parse_params
+
+        results = run_jobs(todo, workers, threads, REPO_ROOT / "runs" / "paper", executor=a.executor,
+                           params=parse_params(a.executor_param))
         failed = [j for j, rc in results if rc != 0]
     from benchmark.config import RunConfig
     from benchmark.publish import publish

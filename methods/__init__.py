@@ -33,6 +33,8 @@ class MethodCard(Card):
     quantizer: str = ""  # the quantizer of its own, as named in results/quantization.csv
     quantizer_display: str = ""  # ... and as the paper prints it
     default: bool = False  # the method a run gets without ``method=``
+    # its own commands: (name, "module:function", one line of help), run as ``python -m benchmark <name>``
+    tools: tuple[tuple[str, str, str], ...] = ()
 
     def __post_init__(self):
         if self.role not in ROLES:

@@ -379,7 +379,7 @@ def test_logical_parameter_count_equals_the_fp32_model():
 # --- named experiments ------------------------------------------------------------------------------
 def test_named_experiments_are_valid_configs_and_memory_rows():
     from benchmark.config import build as build_config
-    from benchmark.memory_bench import memory_rows
+    from benchmark.memory.table import memory_rows
     from methods.mpismoe.experiments import EXPERIMENTS
     from methods.mpismoe.method import MPISMoE, MPISMoEConfig
 

@@ -44,8 +44,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmark.backbones.base import FFNSlot, as_slot
+from benchmark.memory.storage import unique_storage_bytes
 from methods.base import METHODS, ConfigError, Method, MethodConfig
 from methods.mpismoe.experiments import EXPERIMENTS, PAPER_ROWS
+from methods.mpismoe.fake_hints import fake_hints
 from methods.mpismoe.ismoe import NORMS, ISMoE
 from methods.mpismoe.noisy import NoisyQuantLinear
 from methods.mpismoe.qlinear import QuantEmbedding, QuantLinear, _is_layer_norm
@@ -141,9 +143,7 @@ class QuantLayerNorm(nn.Module):
         return sum(int(torch.tensor(self.shape).prod()) for _ in self.q)
 
     def storage_bytes(self) -> int:
-        from methods.mpismoe.quant import _unique_storage_bytes
-
-        return _unique_storage_bytes(list(self.buffers()))
+        return unique_storage_bytes(list(self.buffers()))
 
     def to_float(self) -> nn.Module:
         """A frozen module of the original LayerNorm type with the dequantized weight (and bias)."""
@@ -179,6 +179,7 @@ class MPISMoE(Method):
     variants = {name: dict(e.overrides) for name, e in EXPERIMENTS.items()}
     paper_variants = PAPER_ROWS
     may_skip_parameters = True  # top-k dispatch: an expert no token picked gets no gradient that step
+    fake_tensor_hints = classmethod(lambda cls: fake_hints())  # the memory predictor: fake_hints.py
 
     def __init__(self, backbone, config: MPISMoEConfig):
         super().__init__(backbone, config)

@@ -55,6 +55,8 @@ from dataclasses import dataclass
 
 import torch
 
+from benchmark.memory.storage import unique_storage_bytes
+
 SUPPORTED_BITS = (2, 3, 4, 8)
 DEFAULT_GROUP_SIZE = 64
 SCALE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -142,19 +144,6 @@ def unpack(packed: torch.Tensor, bits: int, numel: int, dtype: torch.dtype = tor
 # ---------------------------------------------------------------------------------------------
 # the quantized tensor
 # ---------------------------------------------------------------------------------------------
-def _unique_storage_bytes(tensors) -> int:
-    seen, total = set(), 0
-    for t in tensors:
-        if t is None:
-            continue
-        st = t.untyped_storage()
-        if st.data_ptr() in seen:
-            continue
-        seen.add(st.data_ptr())
-        total += st.nbytes()
-    return total
-
-
 @contextmanager
 def _one_intraop_thread(device: torch.device):
     """Run elementwise CPU work on the calling thread only.
@@ -229,7 +218,7 @@ class QuantizedTensor:
 
     def storage_bytes(self) -> int:
         """Real bytes held by the stored tensors (codes, scales, zeros), read from their storages."""
-        return _unique_storage_bytes(self.tensors().values())
+        return unique_storage_bytes(self.tensors().values())
 
     def bytes_per_weight(self) -> float:
         return self.storage_bytes() / self.numel
@@ -271,7 +260,7 @@ def _shape_only_result(w: torch.Tensor, bits: int, group_size: int, scale_dtype:
                        method: str) -> QuantizedTensor:
     rows = w.shape[0] if w.dim() != 1 else 1
     cols = w.numel() // max(rows, 1)
-    g = _effective_group(cols, group_size)
+    g = effective_group(cols, group_size)
     ngroups = -(-cols // g)
     return QuantizedTensor(torch.zeros(packed_nbytes(rows * ngroups * g, bits), dtype=torch.uint8, device=w.device),
                            torch.zeros(rows, ngroups, dtype=scale_dtype, device=w.device),
@@ -279,7 +268,7 @@ def _shape_only_result(w: torch.Tensor, bits: int, group_size: int, scale_dtype:
                            (rows, cols), bits, g, method)
 
 
-def _effective_group(cols: int, group_size: int) -> int:
+def effective_group(cols: int, group_size: int) -> int:
     """The group length used: ``group_size``, or the whole row for 0 / -1 or a row shorter than it."""
     if group_size in (0, -1):
         return cols
@@ -294,7 +283,7 @@ def _grouped(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tens
         raise ValueError("cannot quantize an empty tensor")
     w2 = w.detach().reshape(w.shape[0], -1) if w.dim() != 1 else w.detach().reshape(1, -1)
     rows, cols = w2.shape
-    g = _effective_group(cols, group_size)
+    g = effective_group(cols, group_size)
     pad = (-cols) % g
     w2 = w2.float()
     mask = None
