@@ -5,13 +5,23 @@ row), the memory prediction (one process per row) and ``make paper`` (one ``benc
 
 A job's failure is data (its exit code and output), never an exception here; ``stop_on`` names the
 exit code that stops everything (2: a bad input, the same for every job), jobs not started are dropped.
+
+``preload`` (local only): a job ``python -m <module> ...`` runs as ``<module>``'s ``__main__`` in a fresh
+process forked from a server that imported ``preload`` once (multiprocessing's forkserver), so rows that
+each need torch & co do not pay ~6 s of imports apiece; still one process per job, so a crash or a leak
+stays in its own row. ``METL_JOBS_START=fork`` forks this process instead (tests), ``spawn`` is a fresh
+interpreter.
 """
 from __future__ import annotations
 
 import os
+import runpy
 import subprocess
+import sys
+import tempfile
 import threading
 import time
+import traceback
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,19 +69,71 @@ def run_one(job: Job) -> Done:
     return Done(job, proc.returncode, proc.stdout, proc.stderr, time.time() - t0)
 
 
+def _module_main(argv: list[str], log: str, env: dict | None) -> None:
+    """A preloaded process: ``argv`` (``python -m <module> ...``) run as that module's ``__main__``."""
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.environ.update(env or {})
+    sys.argv = [argv[2], *argv[3:]]
+    code = 0
+    try:
+        runpy.run_module(argv[2], run_name="__main__", alter_sys=True)
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except BaseException:  # noqa: BLE001 - reported as the job's output and exit code
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _context(preload: tuple[str, ...]):
+    import multiprocessing as mp
+
+    method = os.environ.get("METL_JOBS_START", "forkserver")
+    try:
+        ctx = mp.get_context(method)
+    except ValueError:  # no forkserver on this platform: a fresh interpreter per job
+        return mp.get_context("spawn")
+    if method == "forkserver":
+        ctx.set_forkserver_preload(list(preload))
+    return ctx
+
+
+def run_preloaded(job: Job, ctx) -> Done:
+    """Run ``job`` (``python -m <module> ...``) in a process of ``ctx``; its output interleaved, as with a log."""
+    t0 = time.time()
+    fd, log = tempfile.mkstemp(prefix="metl-job-", suffix=".log") if job.log is None else (None, str(job.log))
+    if fd is not None:
+        os.close(fd)
+    try:
+        proc = ctx.Process(target=_module_main, args=(job.argv, log, job.env), daemon=True)
+        proc.start()
+        proc.join()
+        text = Path(log).read_text(errors="replace")
+    finally:
+        if fd is not None:
+            os.unlink(log)
+    return Done(job, proc.exitcode, text, text, time.time() - t0)
+
+
 def run(jobs: list[Job], workers: int = 1, executor: str = "local", stop_on: int | None = None,
         on_start: Callable[[int, Job], None] | None = None, on_done: Callable[[int, Done], None] | None = None,
-        folder: str | Path = "runs/submitit", params: dict | None = None) -> list[Done]:
+        folder: str | Path = "runs/submitit", params: dict | None = None,
+        preload: tuple[str, ...] = ()) -> list[Done]:
     """Run ``jobs``, ``workers`` at a time (locally; a cluster schedules its own); ``on_start(i, job)`` and
     ``on_done(i, done)`` (i from 1) report progress. Returns what finished, in the order it finished."""
     if executor not in EXECUTORS:
         raise UserError(f"unknown executor {executor!r}: use one of {', '.join(EXECUTORS)}")
     if executor == "local":
-        return _run_local(jobs, max(1, workers), stop_on, on_start, on_done)
+        return _run_local(jobs, max(1, workers), stop_on, on_start, on_done, preload)
     return _run_submitit(jobs, executor, stop_on, on_start, on_done, Path(folder), params or {})
 
 
-def _run_local(jobs, workers, stop_on, on_start, on_done) -> list[Done]:
+def _run_local(jobs, workers, stop_on, on_start, on_done, preload=()) -> list[Done]:
+    ctx = _context(preload) if preload else None
     done: list[Done] = []
     stop = threading.Event()
     lock = threading.Lock()
@@ -81,7 +143,8 @@ def _run_local(jobs, workers, stop_on, on_start, on_done) -> list[Done]:
             return None
         if on_start:
             on_start(i, job)
-        d = run_one(job)
+        by_module = ctx is not None and len(job.argv) > 2 and job.argv[:2] == [sys.executable, "-m"]
+        d = run_preloaded(job, ctx) if by_module else run_one(job)
         with lock:
             done.append(d)
             if on_done:

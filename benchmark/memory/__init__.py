@@ -10,7 +10,7 @@ PREDICT=1``), and the tracker and Lightning meter both use. Modules, each for on
 - ``architecture``: a random-init backbone from its architecture config alone;
 - ``simulate``: one row's training steps under the tracker, fake or real;
 - ``predict``: ``python -m benchmark.memory.predict``, every row predicted (and ``--compare-cuda``);
-- ``calibrate``: protocols.md's H100 reference runs predicted beside their measured bytes.
+- ``calibrate``: the H100 reference runs of docs/memory.md predicted beside their measured bytes.
 
 The names below are re-exported lazily, so ``import benchmark.memory`` stays light (no torch) for the
 command-line parent processes that only start rows.

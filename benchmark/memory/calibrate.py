@@ -1,4 +1,4 @@
-"""``python -m benchmark.memory.predict --calibrate``: protocols.md's H100 reference runs predicted under
+"""``python -m benchmark.memory.predict --calibrate``: the H100 reference runs of docs/memory.md predicted under
 fake tensors and printed beside the bytes measured there, to check what the predictor leaves out."""
 from __future__ import annotations
 
@@ -8,13 +8,14 @@ from contextlib import ExitStack
 from benchmark.memory.architecture import CONFIG_DIR, config_from_json
 from benchmark.memory.fake import swappable_params, target_choices
 
-# protocols.md: H100 80GB, T5ForConditionalGeneration from the t5-base config (random init), batch 100,
+# docs/memory.md: H100 80GB, T5ForConditionalGeneration from the t5-base config (random init), batch 100,
 # source length 128, target length 8, fp32, AdamW, max_memory_allocated over 4 training steps
-REFERENCE_H100 = {"full": 16_328_735_744, "lora": 10_434_619_904, "frozen": 2_187_279_360}
+# the three reference runs: every weight trains, LoRA r=32 on q and v trains, nothing trains (no_grad)
+REFERENCE_H100 = {"all-weights": 16_328_735_744, "lora-r32": 10_434_619_904, "frozen": 2_187_279_360}
 
 
 def _reference_peak(kind: str, target: str, order: str) -> int:
-    """One protocols.md reference run under FakeTensorMode; ``order``: ``plain`` (forward, backward, step,
+    """One reference run (docs/memory.md) under FakeTensorMode; ``order``: ``plain`` (forward, backward, step,
     zero_grad) or ``lightning`` (zero_grad between forward and backward, inside the step's closure)."""
     import torch
     from torch._subclasses.fake_tensor import FakeTensorMode
@@ -30,7 +31,7 @@ def _reference_peak(kind: str, target: str, order: str) -> int:
         stack.enter_context(swappable_params(mode))
         stack.enter_context(target_choices(target, fake=True))
         model = T5ForConditionalGeneration(config)
-        if kind == "lora":
+        if kind == "lora-r32":
             from peft import LoraConfig, get_peft_model
 
             model = get_peft_model(model, LoraConfig(r=32, lora_alpha=32, target_modules=["q", "v"]))
@@ -62,7 +63,7 @@ def _reference_peak(kind: str, target: str, order: str) -> int:
 
 
 def calibrate(target: str = "cuda") -> int:
-    """Predict protocols.md's H100 reference runs and print each prediction beside the measured bytes."""
+    """Predict the H100 reference runs of docs/memory.md and print each prediction beside the measured bytes."""
     print("run | loop order | predicted bytes | H100 max_memory_allocated | predicted / measured")
     print("--- | --- | --- | --- | ---")
     for kind, measured in REFERENCE_H100.items():

@@ -24,13 +24,13 @@ What a prediction is, exactly:
   run autograd on a CPU-only torch build (the autograd engine needs a CUDA device guard and accelerator
   hooks), so autocast (``precision=bf16-mixed``) follows CPU rules, which keep softmax,
   layer norm, pow, sum ... in bf16 where CUDA autocast runs them in fp32. Calibrated against
-  protocols.md's H100 figures (T5-base encoder-decoder, batch 100): full fine-tuning 0.92-0.97, LoRA
+  the H100 figures of docs/memory.md (T5-base encoder-decoder, batch 100): full fine-tuning 0.92-0.97, LoRA
   0.93, frozen forward 0.98 of ``max_memory_allocated`` (CPU kernels: 1.21-1.33); kernel workspaces
   (cuBLAS, SDPA backward) and allocator rounding are not tensors and are not counted.
   ``target=cpu`` predicts this machine's CPU run (``make memory``'s tracker) exactly.
 
 ``--compare-cuda`` runs the same rows for real on a CUDA device next to their prediction;
-``--calibrate`` predicts protocols.md's H100 reference runs (``calibrate.py``).
+``--calibrate`` predicts the H100 reference runs of docs/memory.md (``calibrate.py``).
 """
 from __future__ import annotations
 
@@ -48,6 +48,9 @@ from benchmark.memory.simulate import DEFAULTS, TARGETS, check, simulate
 from benchmark.memory.table import format_table, row_overrides, select_rows, write_table
 
 MARK = "METL_PREDICT_JSON "
+# what every row process imports: loaded once by the job runner's process server, each row forks from it
+PRELOAD = ("torch", "torch._subclasses.fake_tensor", "transformers", "peft", "lightning", "methods.base",
+           "benchmark.module", "benchmark.run", "benchmark.memory.simulate")
 CLI_KEYS = ("methods", "out", "jobs")
 
 
@@ -104,7 +107,7 @@ def run_rows(jobs_list: list[tuple[object, dict[str, str], str | None]], jobs: i
         line = next((ln for ln in d.stdout.splitlines() if ln.startswith(MARK)), None)
         out[d.job.data[0]] = tuple(json.loads(line[len(MARK):])) if line else _died(d)
 
-    runner.run(todo, workers=jobs, on_start=started, on_done=done)
+    runner.run(todo, workers=jobs, on_start=started, on_done=done, preload=PRELOAD)
     return out
 
 

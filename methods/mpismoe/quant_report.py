@@ -61,7 +61,7 @@ def real_texts(n: int = 64, seed: int = 0) -> list[str]:
     import numpy as np
 
     from tasks.base import DataOptions
-    from tasks.rotten_tomatoes import corpus_path, read_corpus
+    from tasks.rotten_tomatoes.task import corpus_path, read_corpus
 
     texts = read_corpus(corpus_path(DataOptions()))["text_a"].to_numpy()
     pick = np.sort(np.random.default_rng(seed).choice(len(texts), size=min(n, len(texts)), replace=False))
