@@ -44,8 +44,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from methods.base import ConfigError, Method, MethodConfig
-from methods.side import check_layers, frozen_hidden_states, parse_layers
+from methods.base import Method, MethodConfig
+from methods.side import check_layers, frozen_hidden_states, taps_within
 
 GATE_POSITIONS = ("before_late", "after_late")
 
@@ -137,11 +137,7 @@ class SHERL(Method):
         super().__init__(backbone, config)
         d, n = backbone.hidden_size, backbone.num_layers
         self.d_side = max(1, d // config.reduction)
-        taps = parse_layers(config.tap_layers)
-        taps = list(range(n)) if taps is None else taps
-        if len(taps) < 1 or taps[0] < 0 or taps[-1] > n - 1:
-            raise ConfigError(f"bad config value tap_layers={config.tap_layers!r}: indices must lie in [0, {n - 1}] "
-                              f"(0 = embeddings; {n - 1} = the late layer's input) for backbone {backbone.name!r}")
+        taps = taps_within(config, backbone, n - 1, "the late layer's input")
         self.taps = taps
         self.adapters = nn.ModuleList([TapAdapter(d, self.d_side) for _ in taps])
         self.guidance = Guidance(self.d_side, eps=config.eps)

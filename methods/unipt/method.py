@@ -33,8 +33,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from methods.base import ConfigError, Method, MethodConfig
-from methods.side import check_layers, frozen_hidden_states, parse_layers
+from methods.base import Method, MethodConfig
+from methods.side import check_layers, frozen_hidden_states, taps_within
 
 
 @dataclass
@@ -99,11 +99,7 @@ class UniPT(Method):
         super().__init__(backbone, config)
         d, n = backbone.hidden_size, backbone.num_layers
         self.d_side = max(1, d // config.reduction)
-        taps = parse_layers(config.tap_layers)
-        taps = list(range(n)) if taps is None else taps
-        if not taps or taps[0] < 0 or taps[-1] > n:
-            raise ConfigError(f"bad config value tap_layers={config.tap_layers!r}: indices must lie in [0, {n}] "
-                              f"(0 = embeddings, {n} = last layer) for backbone {backbone.name!r}")
+        taps = taps_within(config, backbone, n, "last layer")
         self.taps = taps
         # one independent light module per tapped layer: the "parallel" in UniPT
         self.down = nn.ModuleList([down_projection(d, self.d_side) for _ in taps])
