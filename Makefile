@@ -19,6 +19,7 @@ DATA_DIR ?= $(GLUE_DIR)
 BATCH ?= 32
 LEN ?= 128
 JOBS ?=
+EXECUTOR ?= local
 
 RUN_ARGS = method=$(METHOD) task=$(TASK) backbone=$(BACKBONE) $(if $(DATA_DIR),data_dir=$(DATA_DIR)) $(ARGS)
 
@@ -47,14 +48,14 @@ bench: setup ## run METHOD on TASK for each of SEEDS (QUICK=1: a few steps), the
 test: setup ## the test suite (offline, CPU, a few minutes)
 	$(PY) -m pytest tests
 
-paper: setup ## every run the paper tables need (offline tasks, 3 seeds, paper budget; current ones skipped; JOBS=n at a time), then tables and figures
-	$(PY) -m benchmark.paper $(if $(JOBS),--jobs $(JOBS)) $(ARGS)
+paper: setup ## every run the paper tables need (offline tasks, 3 seeds, paper budget; current ones skipped; JOBS=n at a time; EXECUTOR=slurm: one SLURM job each, via submitit), then tables and figures
+	$(PY) -m benchmark paper $(if $(JOBS),--jobs $(JOBS)) --executor $(EXECUTOR) $(ARGS)
 
 leaderboard: setup ## tables from results/runs: results/leaderboard.{md,csv,tex}, ablations, index.html
 	$(PY) -m benchmark leaderboard
 
 figures: setup ## figures from results/ (no training) -> results/figures/*.png, and results/index.html
-	$(PY) -m benchmark.figures
+	$(PY) -m benchmark figures
 
 browser: ## install Debian's chromium (for the leaderboard page test; needs root and apt)
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
@@ -63,17 +64,17 @@ list: setup ## registered methods, tasks and backbones
 	@$(PY) -m benchmark list
 
 memory: setup ## peak training memory of every method (BACKBONE BATCH LEN TASK) -> results/memory[-TASK].csv; PREDICT=1: predicted on fake tensors, no GPU -> results/memory_predicted.csv
-	$(PY) -m $(if $(PREDICT),benchmark.predict,benchmark memory) task=$(TASK) backbone=$(BACKBONE) batch_size=$(BATCH) max_length=$(LEN) $(ARGS)
+	$(PY) -m benchmark $(if $(PREDICT),predict,memory) task=$(TASK) backbone=$(BACKBONE) batch_size=$(BATCH) max_length=$(LEN) $(ARGS)
 
 advise: setup ## methods that fit BUDGET at BACKBONE/BATCH/LEN (predicted), best accuracy on TASK first
-	$(PY) -m benchmark.advise budget=$(BUDGET) backbone=$(BACKBONE) batch_size=$(BATCH) max_length=$(LEN) task=$(TASK)
+	$(PY) -m benchmark advise budget=$(BUDGET) backbone=$(BACKBONE) batch_size=$(BATCH) max_length=$(LEN) task=$(TASK)
 
 memory-compare-cuda: setup ## on a CUDA GPU: predicted vs max_memory_allocated per method (BACKBONE BATCH LEN)
-	$(PY) -m benchmark.predict --compare-cuda task=$(TASK) backbone=$(BACKBONE) batch_size=$(BATCH) max_length=$(LEN) $(ARGS)
+	$(PY) -m benchmark predict --compare-cuda task=$(TASK) backbone=$(BACKBONE) batch_size=$(BATCH) max_length=$(LEN) $(ARGS)
 
 quant-report: setup ## GNP-IQ vs round-to-nearest (and HQQ/NF4 if installed) on MiniLM -> results/quantization.csv
-	$(PY) -m benchmark.quant_report
-	$(PY) -m benchmark.quant_report --speed
+	$(PY) -m benchmark quant-report
+	$(PY) -m benchmark quant-report --speed
 
 clean: ## remove run logs and temporary results (keeps results/ official files)
 	rm -rf runs results/tmp

@@ -1,7 +1,7 @@
 """``make advise BUDGET=8GiB BACKBONE=t5-base BATCH=100 LEN=128 [TASK=...]``: which method fits a memory
 budget, and which of those is most accurate, before any run.
 
-Peaks are the fake-tensor predictions of ``benchmark.predict`` (read from ``results/memory_predicted.csv``
+Peaks are the fake-tensor predictions of ``benchmark.memory.predict`` (read from ``results/memory_predicted.csv``
 when it holds this configuration, else predicted now and kept under ``results/tmp/``). Accuracy comes
 from the leaderboard of the committed results, for the task and backbone asked; a method with no
 result there is listed without one. Order: methods that fit first, the most accurate first, then by
@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from benchmark.cli import OverridesParser, entry_point, quiet
 from benchmark.errors import UserError
 
 UNITS = {"b": 1, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "kb": 10**3, "mb": 10**6, "gb": 10**9,
@@ -55,14 +56,14 @@ def predicted(backbone: str, batch: int, length: int, precision: str, results_di
     cached.parent.mkdir(parents=True, exist_ok=True)
     print(f"predicting every method at {backbone}, batch {batch}, length {length}, {precision} "
           f"(fake tensors, a few minutes) ...", file=sys.stderr, flush=True)
-    proc = subprocess.run([sys.executable, "-m", "benchmark.predict", f"backbone={backbone}", f"batch_size={batch}",
+    proc = subprocess.run([sys.executable, "-m", "benchmark.memory.predict", f"backbone={backbone}", f"batch_size={batch}",
                            f"max_length={length}", f"precision={precision}", f"out={cached}"],
                           stdout=subprocess.DEVNULL)
     if proc.returncode == 2:
         raise UserError("the prediction refused its input (see the line above)")
     df = matching(cached)
     if df is None:
-        raise UserError(f"the prediction wrote no rows for {backbone}; run `python -m benchmark.predict "
+        raise UserError(f"the prediction wrote no rows for {backbone}; run `python -m benchmark.memory.predict "
                         f"backbone={backbone}` to see why")
     return df, cached
 
@@ -92,10 +93,9 @@ def advise(budget: str, backbone: str, batch: int, length: int, task: str = "", 
     limit = parse_budget(budget)
     results_dir = Path(results_dir)
     if task:
-        import tasks  # noqa: F401
-        from tasks.base import TASKS
+        from tasks import TASKS
 
-        TASKS.get(task)
+        TASKS.card(task)  # an unknown name fails here, in one line (no task code imported)
     pred, source = predicted(backbone, batch, length, precision, results_dir)
     acc = accuracy(task, backbone, results_dir)
     rows = []
@@ -133,34 +133,28 @@ def advise(budget: str, backbone: str, batch: int, length: int, task: str = "", 
     return rows
 
 
+@entry_point()
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    from benchmark.__main__ import _quiet
     from benchmark.config import parse_overrides
 
-    p = argparse.ArgumentParser(prog="python -m benchmark.advise", description=__doc__.split("\n\n")[0])
+    p = OverridesParser(prog="python -m benchmark.advise", description=__doc__.split("\n\n")[0])
     p.add_argument("overrides", nargs="*", help="budget= backbone= batch_size= max_length= task= precision=")
     args = p.parse_args(argv)
-    _quiet()
+    quiet()
+    o = parse_overrides(args.overrides)
+    unknown = set(o) - {"budget", "backbone", "batch_size", "max_length", "task", "precision", "results_dir"}
+    if unknown:
+        raise UserError(f"unknown key {sorted(unknown)[0]!r}; valid: budget backbone batch_size max_length task "
+                        f"precision results_dir")
+    if "budget" not in o:
+        raise UserError("give a memory budget: BUDGET=8GiB (make advise) or budget=8GiB")
     try:
-        o = parse_overrides(args.overrides)
-        unknown = set(o) - {"budget", "backbone", "batch_size", "max_length", "task", "precision", "results_dir"}
-        if unknown:
-            raise UserError(f"unknown key {sorted(unknown)[0]!r}; valid: budget backbone batch_size max_length task "
-                            f"precision results_dir")
-        if "budget" not in o:
-            raise UserError("give a memory budget: BUDGET=8GiB (make advise) or budget=8GiB")
-        try:
-            batch, length = int(o.get("batch_size", "100")), int(o.get("max_length", "128"))
-        except ValueError:
-            raise UserError("batch_size and max_length must be whole numbers") from None
-        advise(o["budget"], o.get("backbone", "t5-base"), batch, length, o.get("task", ""),
-               o.get("precision", "32-true"), o.get("results_dir", "results"))
-        return 0
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
+        batch, length = int(o.get("batch_size", "100")), int(o.get("max_length", "128"))
+    except ValueError:
+        raise UserError("batch_size and max_length must be whole numbers") from None
+    advise(o["budget"], o.get("backbone", "t5-base"), batch, length, o.get("task", ""),
+           o.get("precision", "32-true"), o.get("results_dir", "results"))
+    return 0
 
 
 if __name__ == "__main__":

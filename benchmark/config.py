@@ -7,19 +7,17 @@ import typing
 from dataclasses import dataclass, fields
 from typing import Any
 
-from benchmark.errors import UserError
-
-
-class ConfigError(UserError):
-    pass
+from benchmark.errors import ConfigError  # noqa: F401  (re-exported: ``from benchmark.config import ConfigError``)
+from methods import default_method
+from tasks import default_task
 
 
 @dataclass
 class RunConfig:
     """Everything a run needs that is not a method hyperparameter. Same budget for every method."""
 
-    method: str = "mpismoe"
-    task: str = "rotten_tomatoes"
+    method: str = default_method().name  # the method card marked default=True
+    task: str = default_task().name  # the task card marked default=True (an offline task)
     backbone: str = "minilm"
     vision: str = "efficientnet-lite0"  # image encoder of vision-language tasks (a CLIP hub id works too)
     feature_cache: str = ""  # "" = $METL_CACHE or ~/.cache/metl-bench/features
@@ -136,9 +134,21 @@ def _nested_field(key: str) -> str | None:
     return key.split(".", 1)[0] + NESTED_SUFFIX if "." in key else None
 
 
+def current_names(cls, values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with the old names of renamed keys (``cls.renamed``, old -> new, e.g. ``{"r": "reduction"}``)
+    replaced by the current ones, so old commands and variants keep working and records carry the new name."""
+    renamed = getattr(cls, "renamed", {})
+    for old, new in renamed.items():
+        if old in values and new in values:
+            raise ConfigError(f"{old!r} is the old name of config key {new!r}: give only {new}=")
+    return {renamed.get(k, k): v for k, v in values.items()}
+
+
 def build(cls, values: dict[str, str], owner: str, base: Any = None):
     """Instantiate dataclass ``cls`` from string values (type-checked, validated in __post_init__).
-    Dotted keys (``base.reduction=16``) are collected into their ``<prefix>_overrides`` dict field."""
+    Dotted keys (``base.reduction=16``) are collected into their ``<prefix>_overrides`` dict field; an old
+    key name (``cls.renamed``) sets its new one."""
+    values = current_names(cls, values)
     hints = typing.get_type_hints(cls)
     kwargs: dict[str, Any] = {}
     if base is not None:
@@ -157,7 +167,7 @@ def split_overrides(values: dict[str, str], *dataclasses_: type) -> list[dict[st
     routed: list[dict[str, str]] = [{} for _ in dataclasses_]
     for k, v in values.items():
         for i, cls in enumerate(dataclasses_):
-            if (_nested_field(k) or k) in {f.name for f in fields(cls)}:
+            if (_nested_field(k) or k) in {f.name for f in fields(cls)} | set(getattr(cls, "renamed", {})):
                 routed[i][k] = v
                 break
         else:

@@ -1,4 +1,4 @@
-"""User-facing errors: one line, exit code 2, no traceback (see benchmark/__main__.py)."""
+"""User-facing errors: one line, exit code 2, no traceback (``benchmark.cli.run_cli`` turns them into that)."""
 
 
 class UserError(Exception):
@@ -8,3 +8,8 @@ class UserError(Exception):
     """
 
     exit_code = 2
+
+
+class ConfigError(UserError):
+    """A bad run or method configuration value or key (the one class for both; config.py and methods/base.py
+    re-export it)."""

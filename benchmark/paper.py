@@ -2,31 +2,29 @@
 and figures. Idempotent: a run whose results file exists and is current is skipped, so a second call trains
 nothing; a failed run is reported and the others go on.
 
-What it runs (``PAPER_TASKS``): each registered method on each offline task, plus each method's
-``paper_variants`` (MP-ISMoE's ablation rows of paper Tables 3 and 4) on the sentiment task, for every seed,
-all on the paper budget below. "Current" means: the file at the run's results path is an ok run of the same
-task version, with the same budget and run settings and the same method configuration as the plan now
-resolves to. A changed method default, task version or budget therefore reruns exactly the runs it touches.
+What it runs (``PAPER_TASKS``, from the task cards with a ``paper_budget``): each registered method on each
+such task, plus each method's ``paper_variants`` (e.g. its ablation rows) on the tasks whose card says
+``paper_variants=True``, for every seed, each task at its card's budget. "Current" means: the file at the
+run's results path is an ok run of the same task version, with the same budget and run settings and the same
+method configuration as the plan now resolves to. A changed method default, task version or budget therefore
+reruns exactly the runs it touches.
 
-The budget: rotten_tomatoes is the default one (one epoch, batch 32, length 64; the committed results are
-that), easy_vqa one epoch over 2,048 training questions (64 steps) evaluated on 512-question subsets of its
-validation and test splits (the full epoch of 34,753 questions takes hours per run on 2 CPU cores). Runs
-of different budgets sit beside each other and never average (the leaderboard keys rows by budget).
+The budgets, and why, are in the task folders (``tasks/<folder>/__init__.py``). Runs of different budgets sit
+beside each other and never average (the leaderboard keys rows by budget).
 Nothing here branches on a method's or task's name.
 """
 from __future__ import annotations
 
-import argparse
 import os
-import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmark.config import as_dict, parse_overrides
+from benchmark.cli import OverridesParser, entry_point
+from benchmark.config import parse_overrides
 from benchmark.errors import UserError
+from tasks import paper_tasks
 
 
 @dataclass(frozen=True)
@@ -36,10 +34,8 @@ class PaperTask:
     variants: bool = False  # also run each method's paper_variants here
 
 
-PAPER_TASKS = (
-    PaperTask("rotten_tomatoes", {}, variants=True),
-    PaperTask("easy_vqa", {"limit_train_samples": "2048", "limit_eval_samples": "512"}),
-)
+# the task cards with a paper budget (their folders say why that budget)
+PAPER_TASKS = tuple(PaperTask(c.name, dict(c.paper_budget), variants=c.paper_variants) for c in paper_tasks())
 SEEDS = (0, 1, 2)
 # Run settings whose change makes an old result stale (besides the method config and the budget).
 CURRENT_KEYS = ("epochs", "max_steps", "batch_size", "eval_batch_size", "max_length", "pad_to_max_length",
@@ -57,12 +53,12 @@ class Job:
 
 
 def _expected(plan) -> dict:
-    """The part of a results record that fixes its path and says whether it is current."""
-    r = plan.run
-    return {"run": {"task": r.task, "task_version": plan.task.version, "method": r.method,
-                    "method_version": plan.method_cls.version, "variant": r.variant or None,
-                    "backbone": plan.backbone_label, "seed": r.seed,
-                    "config": {"run": as_dict(r), "method": as_dict(plan.method_cfg)}}}
+    """The record a run of ``plan`` would write, as far as the plan fixes it: its path and whether it is current."""
+    from benchmark.results import build_record
+
+    expected = build_record(plan)
+    expected["renamed"] = getattr(plan.method_cfg, "renamed", {})  # old method key -> new (MethodConfig.renamed)
+    return expected
 
 
 def staleness(path: Path, expected: dict) -> str:
@@ -91,6 +87,7 @@ def staleness(path: Path, expected: dict) -> str:
     if changed:
         return "run settings changed: " + ", ".join(f"{k} {have_run[k]!r} -> {want_run[k]!r}" for k in changed)
     have_m, want_m = run["config"].get("method", {}), want["config"]["method"]
+    have_m = {expected.get("renamed", {}).get(k, k): v for k, v in have_m.items()}  # recorded under an old name
     changed = sorted(k for k in set(have_m) | set(want_m) if have_m.get(k) != want_m.get(k))
     if changed:
         return "method config changed: " + ", ".join(changed)
@@ -125,37 +122,35 @@ def _minutes(seconds: float) -> str:
     return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
 
 
-def run_jobs(jobs: list[Job], workers: int, threads: int, log_dir: Path, command=None) -> list[tuple[Job, int]]:
-    """Run ``jobs`` ``workers`` at a time, each a ``benchmark run`` process with ``threads`` CPU threads and
-    its output in ``log_dir``; a failure is reported and the rest go on. Returns (job, exit code) pairs."""
-    log_dir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+def run_jobs(jobs: list[Job], workers: int, threads: int, log_dir: Path, command=None,
+             executor: str = "local", params: dict | None = None) -> list[tuple[Job, int]]:
+    """Run ``jobs`` ``workers`` at a time (``benchmark.jobs``: here, or over SLURM with ``executor``), each a
+    ``benchmark run`` process with ``threads`` CPU threads and its output in ``log_dir``; a failure is
+    reported and the rest go on. Returns (job, exit code) pairs."""
+    from benchmark import jobs as runner
+
+    env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
            "TOKENIZERS_PARALLELISM": "false"}
     total, t_start = len(jobs), time.time()
-    done = []
+    todo = [runner.Job(job.name, command(job) if command else [sys.executable, "-m", "benchmark", "run",
+                                                               *(f"{k}={v}" for k, v in job.overrides.items())],
+                       env=env, log=log_dir / (job.name.replace("/", "__") + ".log"), data=job) for job in jobs]
 
-    def one(i_job):
-        i, job = i_job
-        args = command(job) if command else [sys.executable, "-m", "benchmark", "run",
-                                              *(f"{k}={v}" for k, v in job.overrides.items())]
-        log = log_dir / (job.name.replace("/", "__") + ".log")
-        t0 = time.time()
-        print(f"[{i}/{total}] start {job.name} ({job.why})", flush=True)
-        with open(log, "w") as fh:
-            rc = subprocess.call(args, stdout=fh, stderr=subprocess.STDOUT, env=env)
-        took = _minutes(time.time() - t0)
-        if rc == 0:
-            print(f"[{i}/{total}] done  {job.name} in {took}", flush=True)
+    def started(i, rj):
+        print(f"[{i}/{total}] start {rj.name} ({rj.data.why})", flush=True)
+
+    def finished(i, d):
+        took = _minutes(d.seconds)
+        if d.returncode == 0:
+            print(f"[{i}/{total}] done  {d.job.name} in {took}", flush=True)
         else:
-            tail = " | ".join(log.read_text(errors="replace").strip().splitlines()[-1:])
-            print(f"[{i}/{total}] FAILED {job.name} (exit {rc}) in {took}: {tail[:200]}; log: {log}", flush=True)
-        done.append((job, rc))
-        return rc
+            print(f"[{i}/{total}] FAILED {d.job.name} (exit {d.returncode}) in {took}: {d.last_line()[:200]}; "
+                  f"log: {d.job.log}", flush=True)
 
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        list(pool.map(one, enumerate(jobs, 1)))
+    done = runner.run(todo, workers, executor=executor, on_start=started, on_done=finished,
+                      folder=log_dir / "submitit", params=params)
     print(f"paper: {total} run(s) in {_minutes(time.time() - t_start)} with {workers} at a time", flush=True)
-    return done
+    return [(d.job.data, d.returncode) for d in done]
 
 
 def default_workers() -> int:
@@ -171,12 +166,17 @@ def default_workers() -> int:
     return max(1, min(2, os.cpu_count() or 1))
 
 
+@entry_point()
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmark.paper", description=__doc__.splitlines()[0])
+    ap = OverridesParser(prog="python -m benchmark.paper", description=__doc__.splitlines()[0])
     ap.add_argument("overrides", nargs="*", help="key=value for every run (e.g. wandb=disabled)")
     ap.add_argument("--seeds", default=",".join(map(str, SEEDS)))
     ap.add_argument("--jobs", type=int, default=0, help="runs at a time (0 = 1 per GPU, else 2 on CPU)")
     ap.add_argument("--dry-run", action="store_true", help="list what would run and what is current; run nothing")
+    ap.add_argument("--executor", default="local",
+                    help="local (JOBS at a time here) or slurm (submitit: one SLURM job per run)")
+    ap.add_argument("--executor-param", action="append", default=[], metavar="KEY=VALUE",
+                    help="a submitit parameter, e.g. slurm_partition=gpu gpus_per_node=1 timeout_min=600 (repeatable)")
     a = ap.parse_args(argv)
     try:
         seeds = [int(s) for s in a.seeds.split(",") if s.strip()]
@@ -196,16 +196,16 @@ def main(argv: list[str] | None = None) -> int:
         threads = max(1, (os.cpu_count() or 1) // workers)
         from benchmark.run import REPO_ROOT
 
-        results = run_jobs(todo, workers, threads, REPO_ROOT / "runs" / "paper")
-        failed = [j for j, rc in results if rc != 0]
-    from benchmark import figures, leaderboard
+        from benchmark.jobs import parse_params
 
+        results = run_jobs(todo, workers, threads, REPO_ROOT / "runs" / "paper", executor=a.executor,
+                           params=parse_params(a.executor_param))
+        failed = [j for j, rc in results if rc != 0]
     from benchmark.config import RunConfig
+    from benchmark.publish import publish
     from benchmark.run import REPO_ROOT
 
-    results_dir = REPO_ROOT / extra.get("results_dir", RunConfig.results_dir)
-    leaderboard.main(results_dir)
-    figures.main(["--results-dir", str(results_dir)])
+    publish(REPO_ROOT / extra.get("results_dir", RunConfig.results_dir))  # tables, figures, then the page once
     if failed:
         print(f"paper: {len(failed)} run(s) failed: " + ", ".join(j.name for j in failed)
               + "; tables were built from the rest; `make paper` again retries only these")
@@ -214,8 +214,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(UserError.exit_code)
+    sys.exit(main())

@@ -283,6 +283,47 @@ def slug(name: str) -> str:
     return s
 
 
+def label_slug(name: str) -> str:
+    """The run-id / log-folder form of a label: '/' -> '--', ':' -> '-', the rest kept.
+
+    Not ``slug``: run ids have kept '+' and spaces since the first run (``easy_vqa-full-minilm+efficientnet-lite0-
+    s0-...`` is filed under ``minilm-efficientnet-lite0/``), so one rule would rename ids or files."""
+    return name.strip("/").replace("/", "--").replace(":", "-")
+
+
+def run_id_for(plan, tail: str) -> str:
+    """``<task>-<label>-<backbone>-s<seed>-<tail>``: a start time (a run) or a status (a failed run)."""
+    r = plan.run
+    return f"{r.task}-{label_slug(r.label)}-{label_slug(plan.backbone_label)}-s{r.seed}-{tail}"
+
+
+def build_record(plan, *, run_id: str = "", status: str = "ok", error: str | None = None,
+                 git: tuple[str | None, bool | None] = (None, None), wandb_run_id: str | None = None,
+                 started_at: str = "", finished_at: str = "", val_best: dict | None = None,
+                 test: dict | None = None, efficiency: dict | None = None, env: dict | None = None) -> dict:
+    """The results record of a run of ``plan`` (a ``benchmark.run.Plan``), in the one key order every file has.
+
+    With the plan alone it is the record a run would be filed under and compared by (``make paper``'s
+    expected run: path and currency need only the plan); a finished or failed run adds what it measured.
+    """
+    from benchmark.config import as_dict
+
+    r = plan.run
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "run": {"id": run_id, "method": r.method, "method_version": plan.method_cls.version,
+                "variant": r.variant or None, "task": r.task, "task_version": plan.task.version,
+                "task_family": plan.task.family, "backbone": plan.backbone_label, "seed": r.seed,
+                "status": status, "error": error, "git_commit": git[0], "git_dirty": git[1],
+                "wandb_run_id": wandb_run_id, "config": {"run": as_dict(r), "method": as_dict(plan.method_cfg)},
+                "started_at": started_at, "finished_at": finished_at},
+        "metrics": {"primary": "score", "higher_is_better": plan.task.higher_is_better,
+                    "val_best": val_best or {}, "test": test or {}},
+        "efficiency": efficiency or {},
+        "env": env or {},
+    }
+
+
 def method_label(run: dict) -> str:
     """``method`` or ``method@variant``: a variant's runs are a row of their own, never averaged in."""
     return f"{run['method']}@{run['variant']}" if run.get("variant") else run["method"]

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from benchmark.config import ConfigError, RunConfig, as_dict, build, split_overrides
+from benchmark.config import ConfigError, RunConfig, as_dict, build, current_names, split_overrides
 from benchmark.errors import UserError
+from benchmark import results
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -57,13 +58,10 @@ def plan(overrides: dict[str, str]) -> Plan:
         if run.variant not in method_cls.variants:
             valid = ", ".join(sorted(method_cls.variants)) or "none"
             raise ConfigError(f"unknown variant {run.variant!r} of method {run.method!r}; valid variants: {valid}")
-        method_vals = {**method_cls.variants[run.variant], **method_vals}  # the command line wins
+        variant = current_names(method_cls.config_class, method_cls.variants[run.variant])
+        method_vals = {**variant, **current_names(method_cls.config_class, method_vals)}  # the command line wins
     method_cfg = build(method_cls.config_class, method_vals, probe.method)
     return Plan(run, method_cls, method_cfg, task)
-
-
-def _slug(name: str) -> str:
-    return name.strip("/").replace("/", "--").replace(":", "-")
 
 
 def _loggers(p: Plan, run_dir: Path):
@@ -88,7 +86,7 @@ def _loggers(p: Plan, run_dir: Path):
         loggers.append(WandbLogger(project=r.wandb_project, save_dir=str(run_dir), offline=(mode == "offline"),
                                    group=f"{r.task}/{r.label}",
                                    tags=[r.task, r.method, p.backbone_label] + ([r.variant] if r.variant else []),
-                                   name=f"{r.task}-{r.label}-{_slug(p.backbone_label)}-s{r.seed}",
+                                   name=f"{r.task}-{r.label}-{results.label_slug(p.backbone_label)}-s{r.seed}",
                                    config={"run": as_dict(r), "method": as_dict(p.method_cfg)}))
     return loggers
 
@@ -156,12 +154,21 @@ def parameter_counts(module, method) -> dict:
             "backbone_storage_bytes": method.backbone_storage_bytes()}
 
 
-def execute(p: Plan) -> dict:
-    """Train, select on validation, test once with the best checkpoint; return the results record."""
+@dataclass
+class Executed:
+    """A finished run: its results record, and what only the writing process needs (never in the record)."""
+
+    record: dict
+    rank: int  # the process's global rank: rank 0 writes the record
+    run_dir: Path  # logs and checkpoints
+    wandb_run: object | None  # the W&B run to report to, when W&B logs
+
+
+def execute(p: Plan) -> Executed:
+    """Train, select on validation, test once with the best checkpoint; return the record and its context."""
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from benchmark import results
     from benchmark.memory import MemoryMeter
 
     r = p.run
@@ -172,7 +179,8 @@ def execute(p: Plan) -> dict:
     dm, method, module = build_components(p)
 
     stamp = started.strftime("%Y%m%d-%H%M%S")
-    run_dir = REPO_ROOT / r.run_dir / r.task / _slug(r.label) / _slug(p.backbone_label) / f"seed{r.seed}-{stamp}"
+    run_dir = (REPO_ROOT / r.run_dir / r.task / results.label_slug(r.label) / results.label_slug(p.backbone_label)
+               / f"seed{r.seed}-{stamp}")
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt = ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), monitor="val/score",
                            mode="max" if p.task.higher_is_better else "min", save_top_k=1,
@@ -209,38 +217,23 @@ def execute(p: Plan) -> dict:
     })
     wandb_run = next((lg.experiment for lg in loggers if type(lg).__name__ == "WandbLogger"), None)
     wandb_id = wandb_run.id if wandb_run is not None else None
-    record = {
-        "schema_version": results.SCHEMA_VERSION,
-        "run": {"id": f"{r.task}-{_slug(r.label)}-{_slug(p.backbone_label)}-s{r.seed}-{stamp}", "method": r.method,
-                "method_version": p.method_cls.version, "variant": r.variant or None,
-                "task": r.task, "task_version": p.task.version, "task_family": p.task.family,
-                "backbone": p.backbone_label, "seed": r.seed, "status": "ok", "error": None, "git_commit": commit,
-                "git_dirty": dirty, "wandb_run_id": wandb_id,
-                "config": {"run": as_dict(r), "method": as_dict(p.method_cfg)},
-                "started_at": started.isoformat(), "finished_at": datetime.now(timezone.utc).isoformat()},
-        "metrics": {"primary": "score", "higher_is_better": p.task.higher_is_better,
-                    "val_best": module.best_val or {}, "test": module.last_test or {}},
-        "efficiency": eff,
-        "env": results.env_info(),
-    }
-    record["_rank"] = trainer.global_rank
-    record["_run_dir"] = str(run_dir)
-    record["_wandb"] = wandb_run
-    return record
+    record = results.build_record(
+        p, run_id=results.run_id_for(p, stamp), git=(commit, dirty), wandb_run_id=wandb_id,
+        started_at=started.isoformat(), finished_at=datetime.now(timezone.utc).isoformat(),
+        val_best=module.best_val, test=module.last_test, efficiency=eff, env=results.env_info())
+    return Executed(record, trainer.global_rank, run_dir, wandb_run)
 
 
 def report_to_wandb(wandb_run, record: dict, path: Path) -> None:
     """The run's headline numbers as W&B summary metrics (what the runs table shows and sorts by), and the
     results JSON attached to the run (uploaded when online; kept in the offline run for ``wandb sync``)."""
-    from benchmark.results import budget_label
-
     m, e = record["metrics"], record["efficiency"]
     summary = {f"best_val/{k}": v for k, v in m["val_best"].items()}
     summary.update({f"final_test/{k}": v for k, v in m["test"].items()})
     summary.update({"peak_train_gib": e["peak_train_bytes"] / 2**30, "peak_train_bytes": e["peak_train_bytes"],
                     "peak_source": e["peak_source"], "trainable_params": e["trainable_params"],
                     "trainable_percent": e["trainable_percent"], "step_seconds": e.get("step_seconds"),
-                    "budget": budget_label(record["run"]), "results_file": str(path)})
+                    "budget": results.budget_label(record["run"]), "results_file": str(path)})
     wandb_run.summary.update(summary)
     wandb_run.save(str(path), base_path=str(path.parent), policy="now")
     wandb_run.finish()  # the run is complete: flush the summary and the file now, not at interpreter exit
@@ -249,56 +242,40 @@ def report_to_wandb(wandb_run, record: dict, path: Path) -> None:
 def run(overrides: dict[str, str]) -> Path | None:
     """Plan, execute and save one run; returns the results path (rank 0) or None."""
     p = plan(overrides)
-    from benchmark import results
-
     try:
-        record = execute(p)
+        done = execute(p)
     except UserError:
         raise  # bad input: one line, nothing written
     except BaseException as exc:  # a crash or Ctrl-C: recorded as such, never where results are read
         _record_failure(p, exc)
         raise
-    rank = record.pop("_rank")
-    run_dir = record.pop("_run_dir")
-    wandb_run = record.pop("_wandb")
-    if rank != 0:
+    if done.rank != 0:
         return None
+    record = done.record
     out_root = REPO_ROOT / p.run.results_dir
     if not p.run.official:
         out_root = out_root / "tmp"
     path = results.result_path(out_root, record)
     results.write_result(record, path)
-    if wandb_run is not None:
-        report_to_wandb(wandb_run, record, path)
+    if done.wandb_run is not None:
+        report_to_wandb(done.wandb_run, record, path)
     t = record["metrics"]["test"]
     e = record["efficiency"]
     print(f"done: {p.run.label} on {p.run.task} (seed {p.run.seed}): test score {t.get('score', float('nan')):.4f}, "
           f"peak train memory {e['peak_train_bytes'] / 2**30:.3f} GiB ({e['peak_source']}), "
           f"trainable {e['trainable_params']:,} ({e['trainable_percent']:.2f} %)")
-    print(f"results: {path}\nlogs: {run_dir}")
+    print(f"results: {path}\nlogs: {done.run_dir}")
     return path
 
 
 def _record_failure(p: Plan, exc: BaseException) -> None:
     """Write a failed/interrupted record under <results_dir>/tmp/failed so it is seen, never counted."""
-    from benchmark import results
-
     r = p.run
     status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
     now = datetime.now(timezone.utc).isoformat()
-    commit, dirty = results.git_info(REPO_ROOT)
-    record = {
-        "schema_version": results.SCHEMA_VERSION,
-        "run": {"id": f"{r.task}-{_slug(r.label)}-{_slug(p.backbone_label)}-s{r.seed}-{status}", "method": r.method,
-                "method_version": p.method_cls.version, "variant": r.variant or None,
-                "task": r.task, "task_version": p.task.version, "task_family": p.task.family, "backbone": p.backbone_label,
-                "seed": r.seed, "status": status, "error": f"{type(exc).__name__}: {exc}"[:2000],
-                "git_commit": commit, "git_dirty": dirty, "wandb_run_id": None,
-                "config": {"run": as_dict(r), "method": as_dict(p.method_cfg)}, "started_at": now, "finished_at": now},
-        "metrics": {"primary": "score", "higher_is_better": p.task.higher_is_better, "val_best": {}, "test": {}},
-        "efficiency": {},
-        "env": results.env_info(),
-    }
+    record = results.build_record(p, run_id=results.run_id_for(p, status), status=status,
+                                  error=f"{type(exc).__name__}: {exc}"[:2000], git=results.git_info(REPO_ROOT),
+                                  started_at=now, finished_at=now, env=results.env_info())
     try:
         path = results.result_path(REPO_ROOT / r.results_dir / "tmp" / "failed", record)
         results.write_result(record, path)

@@ -4,24 +4,28 @@ to one feature vector per example. The orchestrator adds the task head and never
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import ClassVar
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field, fields
+from types import CodeType
+from typing import Callable, ClassVar
 
 import torch
 from torch import nn
 
 from benchmark.backbones import Backbone
-from benchmark.errors import UserError
-from benchmark.registry import Registry
-
-
-class ConfigError(UserError):
-    pass
+from benchmark.errors import ConfigError  # noqa: F401  (re-exported to the methods)
+from benchmark.memory.storage import unique_storage_bytes
+from methods import METHODS  # noqa: F401  (the registry lives in the light package)
 
 
 @dataclass
 class MethodConfig:
     """Hyperparameters every method has. Subclasses change defaults and add their own fields."""
+
+    # Old key name -> new one, for a key renamed after results were recorded: the old name still works on
+    # the command line, in variants and as ``base.<old>`` (benchmark.config.current_names), records carry
+    # the new one, and ``make paper`` reads an old record's key under its new name (not stale).
+    renamed: ClassVar[dict[str, str]] = {}
 
     lr: float = 3e-4
     weight_decay: float = 0.0
@@ -48,7 +52,6 @@ class Method(nn.Module):
     """
 
     config_class: ClassVar[type[MethodConfig]] = MethodConfig
-    about: ClassVar[str] = ""
     # The version of the method's behaviour, recorded with every result. Bump it whenever a change of the
     # code changes what a run of the method computes (a default, an init, a forward): results of another
     # version are stale for ``make paper`` and are never averaged with the new ones. A method built on
@@ -109,16 +112,15 @@ class Method(nn.Module):
         """Buffers (by module prefix) that training changes and checkpoints must keep; none by default."""
         return []
 
+    @classmethod
+    def fake_tensor_hints(cls) -> "FakeHints":
+        """What the memory predictor (``benchmark.memory``, fake tensors: shapes, no values) needs to know
+        to run this method's data-dependent steps; see ``FakeHints``. Nothing by default."""
+        return FakeHints()
+
     def backbone_storage_bytes(self) -> int:
         """Real bytes of the stored backbone tensors (parameters and buffers)."""
-        seen, total = set(), 0
-        for t in list(self.backbone.parameters()) + list(self.backbone.buffers()):
-            key = t.untyped_storage().data_ptr() if t.device.type != "meta" else id(t)
-            if key in seen:
-                continue
-            seen.add(key)
-            total += t.untyped_storage().nbytes()
-        return total
+        return unique_storage_bytes(list(self.backbone.parameters()) + list(self.backbone.buffers()))
 
     def logical_parameter_count(self) -> int:
         return logical_parameter_count(self)
@@ -140,4 +142,25 @@ def logical_parameter_count(module: nn.Module) -> int:
     return total
 
 
-METHODS: Registry[type[Method]] = Registry("method", env_var="METHOD")
+@dataclass(frozen=True)
+class FakeHints:
+    """A method's answers for a prediction under ``FakeTensorMode``, where no op may read a value.
+
+    The predictor knows no method: each field is a generic way to answer a data-dependent step whose
+    *shape* does not depend on the data, so the predicted memory stays the real one.
+
+    - ``build_contexts``: context managers (factories) entered while the method is constructed under
+      fake tensors, e.g. to make a quantizer keep its packed layout but skip its value-reading fit;
+    - ``placeholder_scalars``: code objects (``f.__code__``) that may read a scalar from data while
+      they run (it sets a value, never a shape): the read answers 1, with the note ``placeholder
+      scalar (<why>)``;
+    - ``balanced_dispatch``: ``module -> [(submodule, n_groups), ...]``: submodules whose ``nonzero``
+      calls during forward pick the rows routed to group 0, 1, ... in turn (sparse expert dispatch);
+      each is answered as a balanced split of the rows over ``n_groups``, with the note
+      ``dispatch_note``.
+    """
+
+    build_contexts: tuple[Callable[[], AbstractContextManager], ...] = ()
+    placeholder_scalars: dict[CodeType, str] = field(default_factory=dict)
+    balanced_dispatch: Callable[[nn.Module], list[tuple[nn.Module, int]]] | None = None
+    dispatch_note: str = "balanced routing"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from benchmark.backbones import Backbone, LayerContext
+from benchmark.errors import ConfigError
 
 
 FROZEN_STATES = "__frozen_states__"  # a batch key: states computed once upstream (MP-ISMoE wraps a base)
@@ -22,3 +23,33 @@ def frozen_hidden_states(backbone: Backbone, batch: dict[str, torch.Tensor]) -> 
     with torch.no_grad():
         states, ctx = backbone.hidden_states(batch, embedded=embedded.detach())
     return [embedded] + [s.detach() for s in states[1:]], ctx
+
+
+def parse_layers(spec: str, default_words: tuple[str, ...] = ("", "all")) -> list[int] | None:
+    """A layer list of a side method's config: ``"0,4,8"`` -> [0, 4, 8] (sorted, unique); one of
+    ``default_words`` (any case) -> None, the method's default. Anything else raises ValueError."""
+    spec = spec.strip()
+    if spec.lower() in default_words:
+        return None
+    return sorted({int(t) for t in spec.split(",") if t.strip()})
+
+
+def check_layers(config, name: str, why: str, default_words: tuple[str, ...] = ("", "all")) -> None:
+    """The config check of a layer-list field: one ConfigError line saying ``why`` when it does not parse."""
+    try:
+        parse_layers(getattr(config, name), default_words)
+    except ValueError:
+        config.check(False, name, why)
+
+
+def taps_within(config, backbone, last: int, last_means: str) -> list[int]:
+    """``config.tap_layers`` resolved on ``backbone``: the embeddings and every layer's input by default
+    (states 0 .. num_layers - 1), else the listed ones, each in [0, ``last``] (0 = embeddings; ``last`` =
+    ``last_means``), or one ConfigError line."""
+    taps = parse_layers(config.tap_layers)
+    taps = list(range(backbone.num_layers)) if taps is None else taps
+    if not taps or taps[0] < 0 or taps[-1] > last:
+        raise ConfigError(f"bad config value tap_layers={config.tap_layers!r}: indices must lie in [0, {last}] "
+                          f"(0 = embeddings, {last} = {last_means}) for backbone {backbone.name!r}")
+    return taps
+

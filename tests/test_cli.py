@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.__main__ import main
+from benchmark.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,3 +48,47 @@ def test_list_prints_all_three_registries(capsys):
     for word in ("methods:", "tasks:", "backbones", "lora", "full", "minilm"):
         assert word in out
     assert "sherl            v2  " in out and "variant=: late-layer" in out  # each method's code version
+
+
+def test_key_value_flags_become_overrides():
+    from benchmark.cli import as_overrides
+
+    flags = {"--quick", "--help"}.__contains__
+    assert as_overrides(["--method", "lora", "--quick", "--seed=3", "--batch-size", "8", "lr=1e-3", "--official",
+                         "--lr", "-1", "--", "--x"], flags) == \
+        ["method=lora", "--quick", "seed=3", "batch_size=8", "lr=1e-3", "official=true", "lr=-1", "--", "--x"]
+
+
+@pytest.mark.parametrize("argv", [["--method", "lora", "--quick", "--seed", "3"], ["--quick", "--method=lora", "seed=3"],
+                                  ["method=lora", "--seed=3", "--quick"]])
+def test_method_lora_written_either_way_gets_a_run(monkeypatch, argv):
+    import benchmark.run
+    from benchmark.cli import QUICK
+
+    seen = {}
+    monkeypatch.setattr(benchmark.run, "run", lambda overrides: seen.update(overrides))
+    assert main(["run", *argv]) == 0
+    assert seen == {**QUICK, "method": "lora", "seed": "3"}
+
+
+def test_a_bad_value_after_a_flag_style_key_is_one_line(capsys, tmp_path):
+    code, err = run_cli(capsys, "run", "--method=lora", "--lr", "-1", f"--results-dir={tmp_path}")
+    assert code == 2 and "lr" in err and len(err.splitlines()) == 1
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("argv,word", [(["nope"], "valid commands: run, list"), (["lst"], "did you mean 'list'"),
+                                       (["advise"], "budget"), (["paper", "--seeds", "x"], "--seeds"),
+                                       (["quant-report", "--bits", "x"], "--bits")])
+def test_unknown_command_and_bad_input_of_any_command_is_one_line_exit_2(capsys, argv, word):
+    code, err = run_cli(capsys, *argv)
+    assert code == 2 and word in err and len(err.splitlines()) == 1 and err.startswith("error: ")
+
+
+def test_every_command_resolves_and_no_arguments_print_the_list(capsys):
+    from benchmark.cli import commands, command
+
+    assert "quant-report" in commands()  # a method's own tool, declared by its card
+    assert all(callable(command(name)) for name in commands())
+    assert main([]) == 2 and "quant-report" in capsys.readouterr().err
+    assert main(["--help"]) == 0 and "leaderboard" in capsys.readouterr().out

@@ -5,8 +5,9 @@ import json
 import pandas as pd
 import pytest
 
-from benchmark import figures
-from benchmark.leaderboard import build_leaderboard
+from benchmark import figures as figures_cli
+from benchmark.publish import figures
+from benchmark.publish.leaderboard import build_leaderboard
 from benchmark.results import load_results, result_path, write_result
 from test_results import make_record
 
@@ -108,7 +109,7 @@ def test_missing_and_broken_inputs_are_skipped_with_a_note(tmp_path, capsys):
 
 
 def test_cli_lists_the_files_and_refreshes_the_page(results_dir, capsys):
-    assert figures.main(["--results-dir", str(results_dir)]) == 0
+    assert figures_cli.main(["--results-dir", str(results_dir)]) == 0
     out = capsys.readouterr().out
     assert "wrote 3 figures" in out and "quantization_error.png" in out and "index.html" in out
     page = (results_dir / "index.html").read_text()

@@ -5,13 +5,25 @@ import math
 import pandas as pd
 import pytest
 
-from benchmark import leaderboard
-from benchmark.leaderboard import GLUE_TASKS, build_leaderboard, export, pareto_front
+from benchmark.publish import ablations, leaderboard_main, tables
+from benchmark.publish.leaderboard import KEYS, build_leaderboard, pareto_front
+from tasks.glue.spec import SPECS
+
+GLUE_FAMILY, VL_FAMILY, GLUE_TASKS = "glue", "vl", tuple(SPECS)
+from benchmark.publish.tables import export
 from benchmark.results import load_results, result_path, write_result
 from test_results import make_record
 
 GIB = 1024 ** 3
 DEVICE = "cpu: test"
+
+
+def glue_tables(df):
+    return tables.family_tables(df)[GLUE_FAMILY]
+
+
+def vl_tables(df):
+    return tables.family_tables(df)[VL_FAMILY]
 
 
 def write(results_dir, record, name=None):
@@ -62,9 +74,9 @@ def test_the_table_from_fixture_records(results_dir):
     assert lora.trainable_params == 1000 and lora.trainable_percent == pytest.approx(1.0)
     assert lora.step_seconds == pytest.approx(0.1) and lora.device == DEVICE and lora.task_family == "glue"
     assert list(df["pareto"]) == [True, True, True]  # v1 alone; v2: lora better, side_tuning smaller
-    for col in leaderboard.KEYS + ["n", "score_mean", "score_std", "acc_mean", "acc_std", "val_score_mean",
-                                   "trainable_params", "trainable_percent", "peak_train_bytes", "peak_train_gib",
-                                   "step_seconds", "pareto"]:
+    for col in KEYS + ["n", "score_mean", "score_std", "acc_mean", "acc_std", "val_score_mean",
+                       "trainable_params", "trainable_percent", "peak_train_bytes", "peak_train_gib",
+                       "step_seconds", "pareto"]:
         assert col in df.columns
 
 
@@ -171,7 +183,7 @@ def test_export_writes_the_tables(results_dir, tmp_path):
 
 
 def test_main_prints_report_and_table_and_writes_files(results_dir, tmp_path, capsys):
-    assert leaderboard.main(str(results_dir), str(tmp_path / "out")) == 0
+    assert leaderboard_main(str(results_dir), str(tmp_path / "out")) == 0
     out = capsys.readouterr().out
     assert "1 failed" in out and "1 corrupt" in out and "| side_tuning |" in out.replace("|  ", "| ")
     assert (tmp_path / "out" / "leaderboard.md").exists()
@@ -181,7 +193,7 @@ def test_main_prints_report_and_table_and_writes_files(results_dir, tmp_path, ca
 
 
 def test_main_without_results_says_so_and_writes_nothing(tmp_path, capsys):
-    assert leaderboard.main(str(tmp_path), str(tmp_path / "out")) == 0
+    assert leaderboard_main(str(tmp_path), str(tmp_path / "out")) == 0
     out = capsys.readouterr().out.strip()
     assert out == f"no results in {tmp_path}; run `make bench` first"
     assert not (tmp_path / "out").exists()
@@ -192,7 +204,7 @@ def test_glue_table_in_the_papers_table2_layout():
     old_rte = make_record(method="bitfit", task="rte", version=0, seed=0, score=0.99)
     records = glue_records("lora", GLUE_TASKS) + glue_records("full", GLUE_TASKS[:3]) + [old_rte]
     df, _ = build_leaderboard(records)
-    (table,) = leaderboard.glue_tables(df)
+    (table,) = glue_tables(df)
     assert table.header == ["method", "params %", "peak train mem (GiB)", "CoLA", "SST-2", "MRPC", "QQP", "MNLI",
                             "QNLI", "RTE", "STS-B", "Avg", "n"]
     assert [r[0] for r in table.rows] == ["full", "lora"]  # the paper's order, not the alphabet; no bitfit v0
@@ -205,7 +217,7 @@ def test_glue_table_in_the_papers_table2_layout():
     assert "rte v0" in " ".join(table.notes)  # the older version is named, never mixed in
     data = table.data.set_index("method")
     assert data.at["lora", "cola_mean"] == pytest.approx(0.51) and data.at["lora", "rte_version"] == 1
-    md = leaderboard.to_markdown(df) + table.markdown()
+    md = tables.to_markdown(df) + table.markdown()
     assert "| method | params % | peak train mem (GiB) | CoLA |" in md
     assert "STS-B" in table.latex() and "\\pm" in table.latex()
 
@@ -215,13 +227,13 @@ def test_vision_language_table_when_vl_results_exist(tmp_path):
                make_record(method="lst", task="easy_vqa", family="vl", score=0.90),
                make_record(method="sherl", task="gqa", family="vl", score=0.50)]
     df, _ = build_leaderboard(records)
-    (table,) = leaderboard.vl_tables(df)
+    (table,) = vl_tables(df)
     assert table.header[3:6] == ["VQAv2", "GQA", "easy_vqa"] and [r[0] for r in table.rows] == ["lst", "sherl"]
     assert table.rows[0][3:6] == ["60.0", "", "90.0"]
     names = [p.name for p in export(df, tmp_path)]
     assert "leaderboard_vl.csv" in names and "leaderboard_glue.csv" not in names
     assert "### Vision-language" in (tmp_path / "leaderboard.md").read_text()
-    assert leaderboard.glue_tables(df) == []
+    assert glue_tables(df) == []
 
 
 def ablation_records(rows):
@@ -243,7 +255,7 @@ def test_ablation_tables_3_and_4(tmp_path):
                                 ("table4-mixed-noise", [0.73], GIB)])
     records += glue_records("lora", ["rte"])
     df, _ = build_leaderboard(records)
-    t3, t4 = leaderboard.ablation_tables(df)
+    t3, t4 = ablations.ablation_tables(df)
     assert t3.title.startswith("Table 3") and "rte v1" in t3.title and t4.title.startswith("Table 4")
     assert [r[1] for r in t3.rows] == ["table3-base", "table3-moe-no-prior", "table3-moe-prior"]
     base, no_prior, prior = t3.rows
@@ -254,9 +266,9 @@ def test_ablation_tables_3_and_4(tmp_path):
     # Table 4 row 1 has no runs: every row has a configuration of its own, so no other row stands in
     assert t4.rows[0][1] == "table4-full-precision" and t4.rows[0][3] == "no runs"
     assert t4.rows[1][3] == "no runs" and t4.rows[3][3] == "73.00 (1)" and t4.rows[3][6] == ""
-    assert "mpismoe@table3-base" not in set(leaderboard.glue_tables(df)[0].data["method"])  # own table only
+    assert "mpismoe@table3-base" not in set(glue_tables(df)[0].data["method"])  # own table only
 
-    paths = leaderboard.export_ablations(df, tmp_path)
+    paths = ablations.export_ablations(df, tmp_path)
     assert [p.name for p in paths] == ["ablations.md", "ablations.tex"]
     md, tex = (p.read_text() for p in paths)
     assert "### Table 3" in md and "### Table 4" in md and "†" not in md
@@ -268,23 +280,23 @@ def test_the_default_runs_never_stand_in_for_an_ablation_row():
     records += [make_record(method="mpismoe", task="rte", seed=s, score=v, peak=GIB // 2)
                 for s, v in enumerate([0.76, 0.78])]
     df, _ = build_leaderboard(records)
-    _, t4 = leaderboard.ablation_tables(df)
+    _, t4 = ablations.ablation_tables(df)
     assert t4.rows[3][1] == "table4-mixed-noise" and t4.rows[3][3] == "no runs"
     # the defaults alone make no ablation table
-    assert leaderboard.ablation_tables(build_leaderboard(records[2:])[0]) == []
+    assert ablations.ablation_tables(build_leaderboard(records[2:])[0]) == []
 
 
 def test_ablation_row_with_runs_of_its_own_is_not_replaced(tmp_path):
     records = ablation_records([("table3-moe-prior", [0.74], GIB), ("table4-full-precision", [0.60], GIB)])
     df, _ = build_leaderboard(records)
-    t3, t4 = leaderboard.ablation_tables(df)
+    t3, t4 = ablations.ablation_tables(df)
     assert t4.rows[0][1] == "table4-full-precision" and t4.rows[0][3] == "60.00 (1)"
     assert not any("†" in n for n in t4.notes)
 
 
 def test_no_ablation_runs_no_ablation_files(tmp_path):
     df, _ = build_leaderboard(glue_records("lora", ["rte"]))
-    assert leaderboard.ablation_tables(df) == [] and leaderboard.export_ablations(df, tmp_path) == []
+    assert ablations.ablation_tables(df) == [] and ablations.export_ablations(df, tmp_path) == []
     assert list(tmp_path.iterdir()) == []
 
 

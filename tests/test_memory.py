@@ -300,3 +300,18 @@ def test_batch_size_of():
     assert batch_size_of({"pixel_values": torch.zeros(4, 3, 8, 8)}) == 4
     assert batch_size_of((torch.zeros(6, 2), torch.zeros(6))) == 6
     assert batch_size_of({"meta": "x"}) is None
+
+
+def test_unique_storage_bytes_counts_each_storage_once_real_fake_and_meta():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from benchmark.memory import unique_storage_bytes
+
+    w = torch.zeros(4, 8)
+    assert unique_storage_bytes([w, w.view(8, 4), w[1], nn.Parameter(w), None, "not a tensor"]) == 4 * 8 * 4
+    assert unique_storage_bytes([w, torch.zeros(3, dtype=torch.uint8)]) == 128 + 3
+    m = torch.empty(4, 8, device="meta")
+    assert unique_storage_bytes([m, m.t(), torch.empty(2, device="meta")]) == 128 + 8
+    with FakeTensorMode():
+        f = torch.empty(4, 8)
+        assert unique_storage_bytes([f, f[0], torch.empty(5, dtype=torch.float16)]) == 128 + 10

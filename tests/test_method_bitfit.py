@@ -9,8 +9,6 @@ from helpers import build_module, one_step, tiny_batch
 
 
 def build(backbone="tiny-bert", **cfg):
-    import methods.bitfit  # noqa: F401  (registers "bitfit")
-
     return build_module("bitfit", backbone, **cfg)
 
 
@@ -50,7 +48,6 @@ def test_t5_can_refuse_instead():
 
 
 def test_defaults_and_bad_config():
-    import methods.bitfit  # noqa: F401
     from methods.base import ConfigError, METHODS
 
     cfg = METHODS.get("bitfit").config_class()

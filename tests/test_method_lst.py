@@ -12,8 +12,6 @@ BACKBONES = ["tiny-bert", "tiny-t5"]
 
 
 def build(backbone="tiny-bert", **cfg):
-    import methods.lst  # noqa: F401  (registers "lst")
-
     return build_module("lst", backbone, **cfg)
 
 
@@ -32,7 +30,7 @@ def side_names(module):
 
 @pytest.mark.parametrize("backbone", BACKBONES)
 def test_only_lst_parameters_change(backbone):
-    module = build(backbone, r=4)
+    module = build(backbone, reduction=4)
     batch = tiny_batch(module.method.backbone)
     expected = side_names(module)
     assert {n for n, p in module.named_parameters() if p.requires_grad} == expected
@@ -45,7 +43,7 @@ def test_only_lst_parameters_change(backbone):
 
 
 def test_trainable_count_on_tiny_bert_by_hand():
-    module = build("tiny-bert", r=4)
+    module = build("tiny-bert", reduction=4)
     d, d_ff, layers, r = 32, 64, 2, 4  # tiny-bert: hidden 32, FFN 64, 2 layers
     ds, fs = d // r, d_ff // r  # side widths 8 and 16
     side_layer = (4 * (ds * ds + ds)  # query, key, value, attention output: Linear(8 -> 8) with bias
@@ -68,11 +66,11 @@ def test_gates_start_at_one_half():
     method = build("tiny-bert").method
     assert torch.equal(method.gates(), torch.full((2,), 0.5))
     assert torch.equal(method.gate_alpha.detach(), torch.zeros(2))
-    assert method.config.gate_temperature == 0.1 and method.config.lr == 3e-3 and method.config.r == 8
+    assert method.config.gate_temperature == 0.1 and method.config.lr == 3e-3 and method.config.reduction == 8
 
 
 def test_layer_dropping_removes_side_layers_and_their_ladders():
-    full, dropped = build("tiny-bert", r=4).method, build("tiny-bert", r=4, drop_layers="0").method
+    full, dropped = build("tiny-bert", reduction=4).method, build("tiny-bert", reduction=4, drop_layers="0").method
     assert full.source_layers == [0, 1] and dropped.source_layers == [1]
     assert len(dropped.side_layers) == len(dropped.ladders) == dropped.gate_alpha.numel() == 1
     count = lambda m: sum(p.numel() for p in m.parameters() if p.requires_grad)  # noqa: E731
@@ -90,11 +88,10 @@ def test_bad_drop_layers_are_refused(bad):
 
 
 def test_bad_config_is_refused():
-    import methods.lst  # noqa: F401
     from methods.base import ConfigError, METHODS
 
     cls = METHODS.get("lst").config_class
-    for bad in ({"init": "magic"}, {"r": 0}, {"fisher_samples": 0}, {"gate_temperature": 0.0}):
+    for bad in ({"init": "magic"}, {"reduction": 0}, {"fisher_samples": 0}, {"gate_temperature": 0.0}):
         with pytest.raises(ConfigError, match=next(iter(bad))):
             cls(**bad)
 
@@ -102,7 +99,7 @@ def test_bad_config_is_refused():
 def test_fisher_init_copies_ranked_backbone_slices():
     from methods.lst.pruning import pruned
 
-    method = build("tiny-bert", r=4).method
+    method = build("tiny-bert", reduction=4).method
     bb = method.backbone
     before = {n: p.detach().clone() for n, p in method.side_layers.named_parameters()}
     method.prepare(fake_loader(bb), toy_task())
@@ -126,7 +123,7 @@ def test_fisher_init_copies_ranked_backbone_slices():
             assert torch.equal(p, pruned(src_params[name], plan.axes.roles[name], plan, k)), name
     assert any(not torch.equal(before[n], p) for n, p in method.side_layers.named_parameters())
     # the Fisher-initialised side network trains like any other
-    module = build("tiny-bert", r=4)
+    module = build("tiny-bert", reduction=4)
     module.method.prepare(fake_loader(module.method.backbone), toy_task())
     changed, _ = one_step(module, tiny_batch(module.method.backbone))
     assert changed == side_names(module)
@@ -135,9 +132,9 @@ def test_fisher_init_copies_ranked_backbone_slices():
 def test_random_init_keeps_fresh_weights_and_prepare_is_a_no_op():
     from methods.lst.pruning import pruned
 
-    fisher = build("tiny-bert", r=4).method
+    fisher = build("tiny-bert", reduction=4).method
     fisher.prepare(fake_loader(fisher.backbone), toy_task())
-    method = build("tiny-bert", r=4, init="random").method
+    method = build("tiny-bert", reduction=4, init="random").method
     before = {n: p.detach().clone() for n, p in method.state_dict().items()}
     method.prepare(fake_loader(method.backbone), toy_task())
     assert method.prune_plan is None
@@ -149,7 +146,7 @@ def test_random_init_keeps_fresh_weights_and_prepare_is_a_no_op():
 
 
 def test_fisher_init_on_t5_keeps_heads_and_the_position_bias():
-    method = build("tiny-t5", r=4, drop_layers="0").method
+    method = build("tiny-t5", reduction=4, drop_layers="0").method
     bb = method.backbone
     method.prepare(fake_loader(bb), toy_task())
     plan = method.prune_plan
@@ -168,7 +165,7 @@ def test_fisher_init_on_t5_keeps_heads_and_the_position_bias():
 
 
 def test_fisher_samples_caps_the_pass():
-    method = build("tiny-bert", r=4, fisher_samples=10).method
+    method = build("tiny-bert", reduction=4, fisher_samples=10).method
     method.prepare(fake_loader(method.backbone, batches=3, n=8), toy_task())
     assert method.prune_plan.samples == 10
 
@@ -176,7 +173,7 @@ def test_fisher_samples_caps_the_pass():
 def test_ranking_keeps_the_channels_with_the_most_fisher():
     from methods.lst.pruning import layer_axes, plan_pruning
 
-    method = build("tiny-bert", r=4).method
+    method = build("tiny-bert", reduction=4).method
     bb = method.backbone
     axes = layer_axes(bb, bb.layers[0])
     assert [(w.writers, w.readers) for w in axes.inner] == [

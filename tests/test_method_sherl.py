@@ -14,8 +14,6 @@ BACKBONES = ["tiny-bert", "tiny-t5"]
 
 
 def build(backbone="tiny-bert", **cfg):
-    import methods.sherl  # noqa: F401  (registers "sherl")
-
     return build_module("sherl", backbone, **cfg)
 
 
@@ -32,9 +30,7 @@ def late_prefix(method) -> str:
 @pytest.mark.parametrize("backbone", BACKBONES)
 def test_by_default_only_the_side_modules_train(backbone):
     """The public code unfreezes only modules named "side": the late layer stays frozen."""
-    import methods.sherl  # noqa: F401
-
-    from methods.sherl import SHERL
+    from methods.sherl.method import SHERL
 
     module = build(backbone)
     names = {n for n, _ in module.named_parameters()}
@@ -88,7 +84,7 @@ def test_frozen_late_layer_option_still_backpropagates_through_it():
 
 
 def test_redundancy_and_guidance_weights_by_hand():
-    from methods.sherl import Guidance
+    from methods.sherl.method import Guidance
 
     g = Guidance(d_side=2, eps=0.0)
     s1, s2, s3 = [1.0, 0.0], [1.0, 1.0], [-1.0, 0.0]  # 3 shallow layers for one token

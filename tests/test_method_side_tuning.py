@@ -11,8 +11,6 @@ BACKBONES = ["tiny-bert", "tiny-t5"]
 
 
 def build(backbone="tiny-bert", **cfg):
-    import methods.side_tuning  # noqa: F401  (registers "side_tuning")
-
     return build_module("side_tuning", backbone, **cfg)
 
 
@@ -55,16 +53,15 @@ def test_output_is_the_alpha_blend_of_backbone_and_side():
 
 
 def test_side_width_and_depth_follow_the_config():
-    method = build("tiny-bert", r=4, side_layers=3).method
+    method = build("tiny-bert", reduction=4, side_layers=3).method
     assert len(method.side_layers) == 3 and method.d_side == 32 // 4
     assert method.down.out_features == 8 and method.up.out_features == 32
 
 
 def test_bad_config_is_refused():
-    import methods.side_tuning  # noqa: F401
     from methods.base import ConfigError, METHODS
 
     cls = METHODS.get("side_tuning").config_class
-    for bad in ({"alpha_init": 1.0}, {"r": 0}, {"side_layers": 0}):
+    for bad in ({"alpha_init": 1.0}, {"reduction": 0}, {"side_layers": 0}):
         with pytest.raises(ConfigError, match=next(iter(bad))):
             cls(**bad)

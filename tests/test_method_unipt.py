@@ -11,8 +11,6 @@ BACKBONES = ["tiny-bert", "tiny-t5"]
 
 
 def build(backbone="tiny-bert", **cfg):
-    import methods.unipt  # noqa: F401  (registers "unipt")
-
     return build_module("unipt", backbone, **cfg)
 
 
@@ -60,7 +58,7 @@ def test_confidence_is_a_softmax_over_the_tapped_layers(backbone):
 
 
 def test_token_interaction_matches_hand_computation():
-    from methods.unipt import token_interaction
+    from methods.unipt.method import token_interaction
 
     q = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]])
     c = torch.tensor([[[2.0, 0.0], [1.0, 3.0], [5.0, 5.0]]])

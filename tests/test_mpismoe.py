@@ -13,8 +13,6 @@ LATE = {"base_overrides": {"train_late_layer": "true"}}
 
 
 def build(backbone="tiny-bert", **cfg):
-    import methods.mpismoe  # noqa: F401  (registers every base too)
-
     return build_module("mpismoe", backbone, **cfg)
 
 
@@ -381,7 +379,7 @@ def test_logical_parameter_count_equals_the_fp32_model():
 # --- named experiments ------------------------------------------------------------------------------
 def test_named_experiments_are_valid_configs_and_memory_rows():
     from benchmark.config import build as build_config
-    from benchmark.memory_bench import memory_rows
+    from benchmark.memory.table import memory_rows
     from methods.mpismoe.experiments import EXPERIMENTS
     from methods.mpismoe.method import MPISMoE, MPISMoEConfig
 
@@ -424,7 +422,7 @@ def test_each_ablation_row_differs_from_the_row_before_by_exactly_its_switch():
 
 def test_table3_base_is_sherl_as_published():
     from benchmark.config import as_dict
-    from methods.sherl import SherlConfig
+    from methods.sherl.method import SherlConfig
 
     base = resolved(__import__("methods.mpismoe.experiments", fromlist=["x"]).EXPERIMENTS["table3-base"].overrides)
     assert {k[5:]: v for k, v in base.items() if k.startswith("base.")} == as_dict(SherlConfig())

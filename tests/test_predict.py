@@ -7,8 +7,11 @@ import torch
 
 import methods  # noqa: F401  (registers)
 from benchmark.memory import CATEGORIES
-from benchmark.memory_bench import COLUMNS
-from benchmark.predict import FakeUnsupported, _data_dependent_policy, backbone_config, build_backbone, main, simulate
+from benchmark.memory.architecture import backbone_config, build_backbone
+from benchmark.memory.fake import FakeUnsupported, data_dependent_policy
+from benchmark.memory.predict import main
+from benchmark.memory.simulate import simulate
+from benchmark.memory.table import COLUMNS
 from methods.base import METHODS
 
 TINY = {"batch_size": "4", "max_length": "16", "target": "cpu", "steps": "2"}
@@ -46,7 +49,7 @@ def test_quantized_backbone_reports_packed_bytes():
 def test_data_dependent_op_fails_with_one_line_reason():
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    with FakeTensorMode(), _data_dependent_policy():
+    with FakeTensorMode(), data_dependent_policy():
         x = torch.empty(8)
         with pytest.raises(FakeUnsupported, match=r"_local_scalar_dense.*depends on tensor values.*test_predict"):
             float(x.sum())
@@ -68,8 +71,7 @@ def test_backbones_from_shipped_configs_or_a_path(tmp_path):
     assert config.hidden_size == 64 and pooling == "cls"
 
 
-def test_cli_one_process_per_row_writes_memory_columns(tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("METL_PREDICT_START", "fork")  # the default process server costs ~10 s of imports
+def test_cli_one_process_per_row_writes_memory_columns(tmp_path, capsys):
     out = tmp_path / "predicted.csv"
     rc = main(["backbone=tiny-t5", "batch_size=4", "max_length=16", "target=cpu", "steps=2", "methods=full,lora",
                f"out={out}", "jobs=2"])

@@ -328,7 +328,7 @@ def test_quantize_linears_replaces_exactly_the_named_linears():
 def test_report_end_to_end_on_a_tiny_backbone(tmp_path, capsys):
     import pandas as pd
 
-    from benchmark import quant_report
+    from methods.mpismoe import quant_report
 
     texts = quant_report.real_texts(8)
     assert len(texts) == 8 and all(isinstance(t, str) and t for t in texts)

@@ -225,3 +225,52 @@ def test_env_info_has_every_field():
     rec["env"] = env
     assert validate(rec) == []
 
+
+
+def plan_of(rec: dict):
+    """A stand-in for ``benchmark.run.Plan`` that resolves to exactly what ``rec`` records (no torch needed)."""
+    from dataclasses import field, make_dataclass
+    from types import SimpleNamespace
+
+    from benchmark.config import RunConfig
+
+    run, cfg = rec["run"], rec["run"]["config"]
+    method_cfg = make_dataclass("MethodConfig", [(k, object, field(default_factory=lambda v=v: v))
+                                                 for k, v in cfg["method"].items()])()
+    return SimpleNamespace(run=RunConfig(**cfg["run"]), method_cfg=method_cfg, backbone_label=run["backbone"],
+                           method_cls=SimpleNamespace(version=run["method_version"]),
+                           task=SimpleNamespace(version=run["task_version"], family=run["task_family"],
+                                                higher_is_better=rec["metrics"]["higher_is_better"]))
+
+
+def test_build_record_writes_the_committed_files_byte_for_byte():
+    """Every committed record of the current layout comes back identical from ``build_record``: same keys, same
+    order, same values, same run id (ids keep '+': ``label_slug``, not ``slug``)."""
+    paths = [p for p in sorted((ROOT / "results" / "runs").glob("**/*.json"))
+             if {"method_version", "variant"} <= set(json.loads(p.read_text())["run"])]
+    assert paths
+    for path in paths:
+        rec = json.loads(path.read_text())
+        run, m = rec["run"], rec["metrics"]
+        p = plan_of(rec)
+        tail = run["id"].split(f"-s{run['seed']}-", 1)[1]
+        built = results.build_record(p, run_id=results.run_id_for(p, tail), status=run["status"], error=run["error"],
+                                     git=(run["git_commit"], run["git_dirty"]), wandb_run_id=run["wandb_run_id"],
+                                     started_at=run["started_at"], finished_at=run["finished_at"],
+                                     val_best=m["val_best"], test=m["test"], efficiency=rec["efficiency"],
+                                     env=rec["env"])
+        assert results._dumps(built) == path.read_text(), path
+        assert result_path(ROOT / "results", built) == path
+
+
+def test_build_record_of_a_plan_alone_is_the_expected_record():
+    """``make paper``'s expected run: only what the plan fixes (path and currency); never a valid record."""
+    rec = make_record(method="lora", task="rte")
+    rec["run"].update(method_version=1, variant=None,
+                      config={"run": {"method": "lora", "task": "rte", "seed": 0}, "method": {"lr": 1e-3}})
+    built = results.build_record(plan_of(rec))
+    assert list(built) == ["schema_version", "run", "metrics", "efficiency", "env"]
+    assert list(built["run"]) == ["id", "method", "method_version", "variant", "task", "task_version", "task_family",
+                                  "backbone", "seed", "status", "error", "git_commit", "git_dirty", "wandb_run_id",
+                                  "config", "started_at", "finished_at"]
+    assert result_path("r", built) == result_path("r", rec) and validate(built) != []

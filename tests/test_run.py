@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from benchmark import results
-from benchmark.leaderboard import build_leaderboard
+from benchmark.publish.leaderboard import build_leaderboard
 from benchmark.run import plan, run
 
 TINY = {"backbone": "tiny-bert", "wandb": "disabled", "progress": "false", "epochs": "2", "batch_size": "16",
@@ -87,6 +87,28 @@ def test_an_unknown_variant_names_the_valid_ones(dirs):
         plan({**TINY, **dirs, "method": "mpismoe", "task": "rotten_tomatoes", "variant": "nope"})
     with pytest.raises(ConfigError, match="valid variants: none"):
         plan({**TINY, **dirs, "method": "lora", "task": "rotten_tomatoes", "variant": "x"})
+
+
+@pytest.mark.parametrize("method", ["lst", "side_tuning"])
+def test_the_old_name_r_still_sets_reduction_and_records_the_new_one(method, dirs):
+    from benchmark.config import ConfigError, as_dict
+
+    p = plan({**TINY, **dirs, "method": method, "task": "rotten_tomatoes", "r": "4"})
+    assert p.method_cfg.reduction == 4 and "r" not in as_dict(p.method_cfg)
+    with pytest.raises(ConfigError, match="'r' is the old name of config key 'reduction'"):
+        plan({**TINY, **dirs, "method": method, "task": "rotten_tomatoes", "r": "4", "reduction": "2"})
+    p = plan({**TINY, **dirs, "method": "mpismoe", "task": "rotten_tomatoes", "base": "lst", "base.r": "16"})
+    assert p.method_cfg.base_overrides == {"reduction": "16"} and p.method_cfg.base_config().reduction == 16
+
+
+def test_committed_results_recorded_under_r_are_still_current():
+    """The committed LST and Side-Tuning records name the side width ``r``: ``make paper`` must not rerun them."""
+    from benchmark import paper
+
+    jobs = paper.plan_jobs((0, 1, 2), tasks=paper.PAPER_TASKS)
+    side = [j for j in jobs if j.name.split("/")[1] in ("lst", "side_tuning")]
+    assert side and all('"r": 8' in j.path.read_text() for j in side)
+    assert [(j.name, j.why) for j in side if not j.current] == []
 
 
 def test_selection_follows_the_validation_score(dirs):

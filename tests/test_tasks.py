@@ -365,7 +365,7 @@ def test_rotten_tomatoes_split_is_deterministic_and_pinned(rotten, tmp_path):
     digest = hashlib.sha256("\n".join(list(rotten["validation"]["text_a"])).encode()).hexdigest()[:16]
     assert digest == ROTTEN_VALIDATION_SHA
     # a local copy (the file itself, or a folder holding it) gives the same splits; a GLUE folder is ignored
-    from tasks.rotten_tomatoes import FILE, corpus_path
+    from tasks.rotten_tomatoes.task import FILE, corpus_path
 
     src = corpus_path(DataOptions())
     shutil.copy(src, tmp_path / FILE)

@@ -60,9 +60,10 @@ BACKBONES.register("tiny-bert", BackboneSpec(packaged_minilm, random_config=_tin
                                              about="2-layer width-32 BERT, random init (tests)"))
 BACKBONES.register("tiny-t5", BackboneSpec(packaged_minilm, pooling="mean", random_config=_tiny_t5, offline=True,
                                            about="2-layer width-32 T5 encoder, random init (tests)"))
-for _hub_id, _pool in [("bert-base-uncased", "cls"), ("roberta-base", "cls"), ("t5-small", "mean"),
-                       ("t5-base", "mean"), ("t5-large", "mean")]:
-    BACKBONES.register(_hub_id, BackboneSpec(_hub_id, pooling=_pool, about="Hugging Face hub"))
+for _hub_id, _model_type in [("bert-base-uncased", "bert"), ("roberta-base", "roberta"), ("t5-small", "t5"),
+                             ("t5-base", "t5"), ("t5-large", "t5")]:
+    BACKBONES.register(_hub_id, BackboneSpec(_hub_id, pooling=FAMILIES[_model_type].default_pooling,
+                                             about="Hugging Face hub"))
 
 
 def _resolve(name: str) -> tuple[str, BackboneSpec]:
@@ -106,7 +107,7 @@ def _from_hub_or_cache(loader, ident: str, offline: bool, what: str, **kw):
 
 def load_backbone(name: str, pooling: str | None = None, pretrained: bool = True) -> Backbone:
     """Build the named backbone, frozen. ``pretrained=False`` keeps the architecture with random weights."""
-    from transformers import AutoConfig, AutoModel, AutoTokenizer, T5EncoderModel
+    from transformers import AutoConfig, AutoTokenizer
 
     ident, spec = _resolve(name)
     source = spec.source() if callable(spec.source) else spec.source
@@ -118,11 +119,11 @@ def load_backbone(name: str, pooling: str | None = None, pretrained: bool = True
         else:
             config = _from_hub_or_cache(AutoConfig.from_pretrained, source, spec.offline, f"backbone {name!r}")
         family = _family(config.model_type, name)
-        model_cls = T5EncoderModel if family.name == "t5" else AutoModel
         if spec.random_config is not None or not pretrained:
-            model = model_cls(config) if model_cls is T5EncoderModel else model_cls.from_config(config)
+            model = family.new_model(config)
         else:
-            model = _from_hub_or_cache(model_cls.from_pretrained, source, spec.offline, f"backbone {name!r}")
+            model = _from_hub_or_cache(family.model_class().from_pretrained, source, spec.offline,
+                                       f"backbone {name!r}")
     except UserError:
         raise
     except (OSError, ValueError) as e:

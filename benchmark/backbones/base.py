@@ -75,6 +75,17 @@ class Family:
 
     name = "base"
     lora_targets: tuple[str, ...] = ()
+    model_class_name = "AutoModel"  # the transformers class that loads a model of this family
+    default_pooling = "cls"  # how a named hub backbone of this family pools, unless its spec says otherwise
+
+    def model_class(self):
+        import transformers
+
+        return getattr(transformers, self.model_class_name)
+
+    def new_model(self, config) -> nn.Module:
+        """A randomly initialised model of this family from a transformers ``config``."""
+        return self.model_class().from_config(config)
 
     def encoder_of(self, model: nn.Module) -> nn.Module:
         raise NotImplementedError

@@ -9,6 +9,14 @@ from torch import nn
 from benchmark.backbones.base import AttrSlot, Family, FFNSlot, LayerContext
 
 
+
+def narrowed(config, reduction: int, *widths: str):
+    """A copy of ``config`` with each of ``widths`` divided by ``reduction`` (a side network's narrow layer)."""
+    cfg = copy.deepcopy(config)
+    for name in widths:
+        setattr(cfg, name, getattr(config, name) // reduction)
+    return cfg
+
 class BertFFNSlot(FFNSlot):
     """A BERT-like layer's FFN is split over two submodules: ``intermediate`` (dense + activation) and
     ``output.dense``; ``output`` then applies dropout, the residual and the LayerNorm. The expert is
@@ -62,9 +70,7 @@ class BertFamily(Family):
 
     def narrow_layer(self, model, reduction, layer_index):
         config = model.config
-        cfg = copy.deepcopy(config)
-        cfg.hidden_size = config.hidden_size // reduction
-        cfg.intermediate_size = config.intermediate_size // reduction
+        cfg = narrowed(config, reduction, "hidden_size", "intermediate_size")
         # LST's side network keeps the head count and divides the head size by r (as T5's d_kv / r
         # below); where the narrow width is not divisible by the head count, the largest count that is
         heads = config.num_attention_heads
@@ -80,6 +86,11 @@ class BertFamily(Family):
 class T5Family(Family):
     name = "t5"
     lora_targets = ("q", "v")
+    model_class_name = "T5EncoderModel"  # the encoder only: every method reads encoder states
+    default_pooling = "mean"
+
+    def new_model(self, config) -> nn.Module:
+        return self.model_class()(config)  # a concrete model class: no from_config
 
     def encoder_of(self, model):
         return model.encoder
@@ -117,9 +128,7 @@ class T5Family(Family):
         from transformers.models.t5.modeling_t5 import T5Block
 
         config = model.config
-        cfg = copy.deepcopy(config)
-        cfg.d_model = config.d_model // reduction
-        cfg.d_ff = config.d_ff // reduction
+        cfg = narrowed(config, reduction, "d_model", "d_ff")
         cfg.d_kv = max(1, config.d_kv // reduction)
         cfg.is_decoder = False
         return T5Block(cfg, has_relative_attention_bias=(layer_index == 0))

@@ -1,27 +1,5 @@
-"""Full fine-tuning: the reference row; every backbone weight trains."""
-from __future__ import annotations
+"""Full fine-tuning: the card (read without importing torch); the code is in ``method.py``."""
+from methods import MethodCard
 
-from dataclasses import dataclass
-
-from methods.base import METHODS, Method, MethodConfig
-
-
-@dataclass
-class FullConfig(MethodConfig):
-    lr: float = 5e-5  # LST trains T5 at 3e-4; BERT-family encoders diverge there, 5e-5 is their standard
-
-
-@METHODS.register("full")
-class FullFineTuning(Method):
-    backbone_follows_train_mode = True
-    config_class = FullConfig
-    about = "full fine-tuning (every backbone weight)"
-
-    def __init__(self, backbone, config: FullConfig):
-        super().__init__(backbone, config)
-        for p in backbone.model.parameters():
-            p.requires_grad_(True)
-
-    def forward(self, batch):
-        hidden = self.backbone(batch)
-        return self.backbone.salient(hidden, batch["attention_mask"])
+CARDS = [MethodCard("full", "methods.full.method:FullFineTuning", role="reference", order=0, display="Full fine-tuning",
+                    about="full fine-tuning (every backbone weight)")]

@@ -1,44 +1,5 @@
-"""LoRA through peft (not re-implemented): low-rank updates on the backbone's attention projections."""
-from __future__ import annotations
+"""LoRA: the card (read without importing torch); the code is in ``method.py``."""
+from methods import MethodCard
 
-from dataclasses import dataclass
-
-from methods.base import METHODS, Method, MethodConfig
-
-
-@dataclass
-class LoraMethodConfig(MethodConfig):
-    lr: float = 3e-4  # LST's LoRA setting
-    r: int = 32  # LST's rank on T5 attention
-    alpha: int = 32
-    dropout: float = 0.0
-    target_modules: str = ""  # comma-separated module names; "" = the backbone family's query/value
-
-    def __post_init__(self):
-        super().__post_init__()
-        self.check(self.r >= 1, "r", "must be >= 1")
-        self.check(self.alpha > 0, "alpha", "must be > 0")
-        self.check(0 <= self.dropout < 1, "dropout", "must be in [0, 1)")
-
-
-@METHODS.register("lora")
-class LoRA(Method):
-    backbone_follows_train_mode = True
-    config_class = LoraMethodConfig
-    about = "LoRA via peft on attention query/value"
-
-    def __init__(self, backbone, config: LoraMethodConfig):
-        super().__init__(backbone, config)
-        from peft import LoraConfig, inject_adapter_in_model
-
-        targets = [t for t in config.target_modules.split(",") if t] or backbone.lora_targets
-        self.peft_config = LoraConfig(r=config.r, lora_alpha=config.alpha, lora_dropout=config.dropout,
-                                      target_modules=targets, bias="none")
-        # In place, so the backbone interface (layers, embeddings) keeps working on the same model.
-        inject_adapter_in_model(self.peft_config, backbone.model)
-        for name, p in backbone.model.named_parameters():
-            p.requires_grad_("lora_" in name)
-
-    def forward(self, batch):
-        hidden = self.backbone(batch)
-        return self.backbone.salient(hidden, batch["attention_mask"])
+CARDS = [MethodCard("lora", "methods.lora.method:LoRA", role="baseline", order=1, display="LoRA",
+                    about="LoRA via peft on attention query/value")]

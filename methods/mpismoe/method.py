@@ -44,8 +44,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmark.backbones.base import FFNSlot, as_slot
+from benchmark.memory.storage import unique_storage_bytes
 from methods.base import METHODS, ConfigError, Method, MethodConfig
 from methods.mpismoe.experiments import EXPERIMENTS, PAPER_ROWS
+from methods.mpismoe.fake_hints import fake_hints
 from methods.mpismoe.ismoe import NORMS, ISMoE
 from methods.mpismoe.noisy import NoisyQuantLinear
 from methods.mpismoe.qlinear import QuantEmbedding, QuantLinear, _is_layer_norm
@@ -93,6 +95,9 @@ class MPISMoEConfig(MethodConfig):
         self.check(self.prior_norm in NORMS, "prior_norm", f"must be one of {', '.join(NORMS)}")
         self.check(self.expert_perturb >= 0, "expert_perturb", "must be >= 0")
         self.check(self.balance_coef >= 0, "balance_coef", "must be >= 0")
+        from benchmark.config import current_names
+
+        self.base_overrides = current_names(METHODS.get(self.base).config_class, self.base_overrides)  # base.r=
         self.base_config()  # a bad base.<key> fails here, as one line
 
     def base_config(self) -> MethodConfig:
@@ -138,9 +143,7 @@ class QuantLayerNorm(nn.Module):
         return sum(int(torch.tensor(self.shape).prod()) for _ in self.q)
 
     def storage_bytes(self) -> int:
-        from methods.mpismoe.quant import _unique_storage_bytes
-
-        return _unique_storage_bytes(list(self.buffers()))
+        return unique_storage_bytes(list(self.buffers()))
 
     def to_float(self) -> nn.Module:
         """A frozen module of the original LayerNorm type with the dequantized weight (and bias)."""
@@ -166,10 +169,8 @@ def _first_linear(module: nn.Module) -> nn.Linear:
     raise ValueError(f"{type(module).__name__} has no nn.Linear to route on")
 
 
-@METHODS.register("mpismoe")
 class MPISMoE(Method):
     config_class = MPISMoEConfig
-    about = "MP-ISMoE: GNP-IQ quantized backbone + interactive side MoE (base: lst | unipt | sherl)"
     # 2: one run-level precision (no bf16 side network of its own), GNP-IQ ranges contain every group,
     # re-quantization before validation, noise mean applied in eval too (in quantization steps), router
     # softmax over the kept logits with the prior in logit space, SHERL base as published (version 2)
@@ -178,6 +179,7 @@ class MPISMoE(Method):
     variants = {name: dict(e.overrides) for name, e in EXPERIMENTS.items()}
     paper_variants = PAPER_ROWS
     may_skip_parameters = True  # top-k dispatch: an expert no token picked gets no gradient that step
+    fake_tensor_hints = classmethod(lambda cls: fake_hints())  # the memory predictor: fake_hints.py
 
     def __init__(self, backbone, config: MPISMoEConfig):
         super().__init__(backbone, config)

@@ -2,7 +2,7 @@
 
 The paper: such weights keep changing, so every M epochs a random p % of the quantized weights get
 their scale and zero recomputed, after the weights are perturbed by Gaussian noise N(mu, sigma^2)
-with learnable mu and sigma. What we build (mpismoe.md section 2):
+with learnable mu and sigma. What we build (docs/methods.md, GNP-IQ):
 
 - a full-precision master weight (trainable), as mixed-precision training does;
 - the forward uses the master fake-quantized with the per-group (s, z) held as buffers, gradients

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.mpismoe.quant import (DEFAULT_GROUP_SIZE, QuantizedTensor, _unique_storage_bytes, dequantize_packed,
-                                   quantize)
+from benchmark.memory.storage import unique_storage_bytes
+from methods.mpismoe.quant import DEFAULT_GROUP_SIZE, QuantizedTensor, dequantize_packed, quantize
 
 
 class _DequantLinear(torch.autograd.Function):
@@ -103,7 +103,7 @@ class QuantLinear(nn.Module):
 
     def storage_bytes(self) -> int:
         """Real bytes of codes, scales, zeros and bias, read from their storages."""
-        return _unique_storage_bytes([self.packed, self.scales, self.zeros, self.bias])
+        return unique_storage_bytes([self.packed, self.scales, self.zeros, self.bias])
 
     # --- running ----------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -156,7 +156,7 @@ def quantize_linears(model: nn.Module, names: list[str], bits: int = 8, group_si
         q = QuantLinear.from_linear(mod, bits, group_size, method=method, **kwargs)
         with torch.no_grad():
             err = float((mod.weight.detach().float() - q.dequantize()).square().sum())
-        before = _unique_storage_bytes([mod.weight, mod.bias])
+        before = unique_storage_bytes([mod.weight, mod.bias])
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, q)
         modules[name] = q
@@ -261,7 +261,7 @@ class QuantEmbedding(nn.Module):
         return self.num_embeddings * self.embedding_dim
 
     def storage_bytes(self) -> int:
-        return _unique_storage_bytes([self.packed, self.scales, self.zeros])
+        return unique_storage_bytes([self.packed, self.scales, self.zeros])
 
     def extra_repr(self) -> str:
         return (f"{self.num_embeddings}, {self.embedding_dim}, bits={self.bits}, group_size={self.group_size}, "

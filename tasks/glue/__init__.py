@@ -1,27 +1,11 @@
-"""The eight GLUE tasks (family "glue"), registered from the table in ``tasks.glue.spec``.
+"""The eight GLUE tasks: their cards and the paper's Table 2 (GLUE) layout, both read from the one table in
+``spec.py`` without importing torch; the code is in ``task.py``."""
+from tasks import TaskCard, TaskGroup
+from tasks.glue.spec import SPECS
 
-Data: a local directory in the original GLUE release layout (``data_dir=`` or the env var GLUE_DIR), else
-the hub dataset nyu-mll/glue. Split protocol and metrics: /work/shared/reference/datasets.md.
-"""
-from __future__ import annotations
-
-from functools import partial
-
-from tasks.base import TASKS, MetricSpec, Task
-from tasks.glue.data import load_glue
-from tasks.glue.spec import SPECS, GlueSpec
-
-VERSION = 1
-
-
-def make_task(spec: GlueSpec) -> Task:
-    return Task(name=spec.name, version=VERSION, family="glue",
-                problem="regression" if spec.regression else "classification", num_labels=spec.num_labels,
-                metrics=tuple(MetricSpec(m, partial(spec.make_metric, m)) for m in spec.metrics),
-                score_of=spec.metrics, loader=load_glue, label_names=spec.label_names, about=spec.about)
-
-
-for _spec in SPECS.values():
-    TASKS.register(_spec.name, make_task(_spec))
-
-__all__ = ["SPECS", "GlueSpec", "load_glue", "make_task"]
+CARDS = [TaskCard(name, f"tasks.glue.task:GLUE.{name}") for name in SPECS]
+# the release's folder names are the paper's spellings (CoLA, SST-2, ..., STS-B); glue_avg averages all eight
+GROUPS = [TaskGroup("glue", "GLUE (paper Table 2 layout)", tuple(SPECS),
+                    names={name: spec.folder for name, spec in SPECS.items()},
+                    average_task="glue_avg", every_column=True,
+                    average_note="glue_avg = mean of the eight GLUE task means (n = fewest seeds; memory = largest).")]

@@ -2,7 +2,7 @@
 
 Both sources are first mapped to the same intermediate, ``{"train", "dev"[, "dev_mismatched"]}`` ->
 a DataFrame with ``text_a``, ``text_b`` (pair tasks) and ``label``; then ONE split rule per task makes
-the train / validation / test splits (there is no labelled GLUE test set; see datasets.md).
+the train / validation / test splits (there is no labelled GLUE test set; see docs/datasets.md).
 """
 from __future__ import annotations
 

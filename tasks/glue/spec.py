@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from torchmetrics import Accuracy, F1Score, MatthewsCorrCoef, Metric, PearsonCorrCoef, SpearmanCorrCoef
+if TYPE_CHECKING:
+    from torchmetrics import Metric
 
 
 def _quiet(metric_class) -> Metric:
@@ -16,13 +18,14 @@ def _quiet(metric_class) -> Metric:
         return metric_class()
 
 
-# The metrics a GLUE task may report, by the name they are logged under (<stage>/<name>).
+# The metrics a GLUE task may report, by the name they are logged under (<stage>/<name>), built from the
+# torchmetrics module: it is imported only when a metric is built, so the cards read this table without torch.
 METRICS = {
-    "acc": lambda num_labels: Accuracy(task="multiclass", num_classes=num_labels),
-    "f1": lambda num_labels: F1Score(task="binary"),
-    "mcc": lambda num_labels: MatthewsCorrCoef(task="binary"),
-    "pearson": lambda num_labels: PearsonCorrCoef(),
-    "spearman": lambda num_labels: _quiet(SpearmanCorrCoef),
+    "acc": lambda tm, num_labels: tm.Accuracy(task="multiclass", num_classes=num_labels),
+    "f1": lambda tm, num_labels: tm.F1Score(task="binary"),
+    "mcc": lambda tm, num_labels: tm.MatthewsCorrCoef(task="binary"),
+    "pearson": lambda tm, num_labels: tm.PearsonCorrCoef(),
+    "spearman": lambda tm, num_labels: _quiet(tm.SpearmanCorrCoef),
 }
 
 
@@ -54,7 +57,9 @@ class GlueSpec:
         return len(self.label_names) or 1
 
     def make_metric(self, name: str) -> Metric:
-        return METRICS[name](self.num_labels)
+        import torchmetrics
+
+        return METRICS[name](torchmetrics, self.num_labels)
 
 
 SPECS = {s.name: s for s in (

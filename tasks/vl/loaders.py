@@ -1,5 +1,5 @@
 """Loaders of the vision-language tasks: easy_vqa (offline, from the easy-vqa package) and local copies
-of the official VQAv2, GQA and NLVR2 files (formats: /work/shared/reference/datasets.md).
+of the official VQAv2, GQA and NLVR2 files (formats: docs/datasets.md).
 
 Every loader returns a DatasetDict train / validation / test with the columns ``text_a`` (question or
 sentence), ``images`` (absolute image paths: one, or NLVR2's img0 and img1) and ``label`` (NLVR2 adds

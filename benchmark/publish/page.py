@@ -3,19 +3,20 @@ filterable table, the paper-layout tables and the figures.
 
 Self-contained on purpose: inline CSS and JS, no CDN, images by relative path, so it opens from disk
 with no server and can be committed next to the files it shows. State lives in the URL hash
-(``#sort=score_desc&task=rte&backbone=minilm&device=...``), so a view can be linked, and a headless
+(``#sort=score_desc&task=<task>&backbone=<backbone>&device=...``), so a view can be linked, and a headless
 browser can be pointed at one (the page test does).
 """
 from __future__ import annotations
 
 import html
 import json
-import math
 import os
 from pathlib import Path
 
 import pandas as pd
 
+from benchmark.publish import fmt
+from benchmark.publish.names import NO_PAPER_TABLES
 from benchmark.results import atomic_write_text
 
 # (key used in the hash and data attributes, header, numeric)
@@ -26,24 +27,16 @@ COLUMNS = [("task", "task", False), ("version", "v", True), ("backbone", "backbo
 FILTERS = ("task", "backbone", "budget", "device")
 
 
-def _nan(v) -> bool:
-    return v is None or (isinstance(v, float) and math.isnan(v))
-
-
 def _cell(key: str, text: str, value=None) -> str:
     """A ``<td>``; ``data-v`` carries the raw number the sort uses (empty = missing, sorts last)."""
     attr = f' data-k="{key}"'
     if value is not None:
-        attr += f' data-v="{"" if _nan(value) else repr(float(value))}"'
+        attr += f' data-v="{"" if fmt.isnan(value) else repr(float(value))}"'
     return f"<td{attr}>{html.escape(text)}</td>"
 
 
 def _row(r: pd.Series) -> str:
-    percent = bool(r["higher_is_better"]) and not _nan(r["score_mean"]) and -1.0 <= r["score_mean"] <= 1.0
-    scale, digits = (100.0, 2) if percent else (1.0, 4)
-    score = "" if _nan(r["score_mean"]) else f"{r['score_mean'] * scale:.{digits}f}"
-    if score and not _nan(r["score_std"]):
-        score += f" ± {r['score_std'] * scale:.{digits}f}"
+    score = fmt.score(r["score_mean"], r["score_std"], fmt.is_percent(r["higher_is_better"], r["score_mean"]))
     step = r.get("step_seconds")
     cells = [
         _cell("task", str(r["task"])), _cell("version", str(r["task_version"]), r["task_version"]),
@@ -52,7 +45,7 @@ def _row(r: pd.Series) -> str:
         _cell("memory", f"{r['peak_train_gib']:.3f}", r["peak_train_gib"]),
         _cell("params", f"{r['trainable_percent']:.2f}", r["trainable_percent"]),
         _cell("trainable", f"{int(r['trainable_params']):,}", r["trainable_params"]),
-        _cell("step", "" if _nan(step) else f"{step:.3f}", step),
+        _cell("step", fmt.fixed(step), step),
         _cell("pareto", "★" if r["pareto"] else "", 1.0 if r["pareto"] else 0.0),
     ]
     data = " ".join(f'data-{k}="{html.escape(str(r[c]), quote=True)}"'
@@ -69,7 +62,7 @@ def _select(name: str, values: list[str]) -> str:
 
 
 def _static_table(table) -> str:
-    """A ``benchmark.leaderboard.Table`` as plain HTML (the GLUE, VL and ablation tables)."""
+    """A ``benchmark.publish.tables.Table`` as plain HTML (the paper-layout and ablation tables)."""
     head = "".join(f"<th>{html.escape(h)}</th>" for h in table.header)
     body = "".join("<tr>" + "".join(f'<td class="{"num" if n else ""}">{html.escape(c)}</td>'
                                     for c, n in zip(row, table.numeric)) + "</tr>" for row in table.rows)
@@ -79,7 +72,7 @@ def _static_table(table) -> str:
 
 
 def _figures(figures_dir: Path, page_dir: Path) -> list[dict]:
-    """The figures to embed: ``figures.json`` (written by ``benchmark.figures``) when present, else every PNG."""
+    """The figures to embed: ``figures.json`` (written by ``publish.figures``) when present, else every PNG."""
     if not figures_dir.is_dir():
         return []
     manifest = figures_dir / "figures.json"
@@ -226,7 +219,7 @@ URL hash. {link_html}</p>
 {body}
 </tbody></table>
 <h2>Tables in the paper's layout</h2>
-{static or '<p class="note">No GLUE, vision-language or ablation results yet.</p>'}
+{static or '<p class="note">' + NO_PAPER_TABLES + '</p>'}
 <h2>Figures</h2>
 <div id="figures">{figs}</div>
 <script>{JS}</script>
@@ -234,24 +227,13 @@ URL hash. {link_html}</p>
 """
 
 
-def write_page(results_dir: str | os.PathLike = "results", out: str | os.PathLike | None = None, *,
-               df: pd.DataFrame | None = None, report=None, ablations: list | None = None,
+def write_page(out: str | os.PathLike, df: pd.DataFrame, report_lines: list[str] = (), tables: list = (),
                figures_dir: str | os.PathLike | None = None) -> Path:
-    """Write ``out`` (default ``<results_dir>/index.html``) and return its path.
-
-    ``df``/``report``/``ablations``: the leaderboard's own objects when called from it, else rebuilt from
-    ``<results_dir>/runs``. Figures come from ``figures_dir`` (default ``figures/`` beside the page).
-    """
-    from benchmark import leaderboard as lb
-    from benchmark.results import load_results
-
-    out = Path(out) if out is not None else Path(results_dir) / "index.html"
-    if df is None:
-        df, report = lb.build_leaderboard(*load_results(results_dir))
-    if ablations is None:
-        ablations = lb.ablation_tables(df) if not df.empty else []
-    tables = (lb.glue_tables(df) + lb.vl_tables(df) + list(ablations)) if not df.empty else []
+    """Write the page to ``out`` and return its path: the leaderboard frame, the report's lines and the tables
+    as given (nothing is read from the results here); the figures come from ``figures_dir`` (default
+    ``figures/`` beside the page), the links are the table files beside it."""
+    out = Path(out)
     figures = _figures(Path(figures_dir) if figures_dir is not None else out.parent / "figures", out.parent)
     links = [n for n in ("leaderboard.md", "leaderboard.csv", "leaderboard.tex", "ablations.md")
              if (out.parent / n).is_file()]
-    return atomic_write_text(out, render_page(df, figures, tables, report.lines() if report else [], links))
+    return atomic_write_text(out, render_page(df, figures, list(tables), list(report_lines), links))

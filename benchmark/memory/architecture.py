@@ -1,0 +1,76 @@
+"""A backbone from its architecture config alone (random init, no hub, no tokenizer): what a memory
+prediction builds, since only shapes matter and the weights of a large model need not be on disk."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from benchmark.errors import UserError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "backbones" / "configs"
+
+
+def shipped_configs() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
+
+
+
+
+def config_from_json(path: Path):
+    from transformers import AutoConfig
+
+    try:
+        d = json.loads(Path(path).read_text())
+        model_type = d.pop("model_type")
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(f"cannot read an architecture config from {str(path)!r}: "
+                        f"{type(e).__name__}: {e}; it needs a model_type") from None
+    return AutoConfig.for_model(model_type, **d)
+
+
+def backbone_config(name: str) -> tuple[str, object, str]:
+    """(label, HF config, pooling) of a backbone, from its architecture alone: a registry entry's random
+    config, a config shipped in ``backbones/configs``, a local model's ``config.json``, or a path to one."""
+    from benchmark.backbones import BACKBONES
+
+    shipped = CONFIG_DIR / f"{name}.json"
+    if name in BACKBONES:
+        spec = BACKBONES.get(name)
+        if spec.random_config is not None:
+            return name, spec.random_config(), spec.pooling
+        if shipped.is_file():
+            return name, config_from_json(shipped), spec.pooling
+        source = spec.source() if callable(spec.source) else spec.source
+        if os.path.isfile(os.path.join(source, "config.json")):
+            return name, config_from_json(Path(source) / "config.json"), spec.pooling
+        raise UserError(f"no architecture config for backbone {name!r}: add benchmark/backbones/configs/{name}.json "
+                        f"or pass backbone=<path to its config.json>")
+    if shipped.is_file():
+        cfg = config_from_json(shipped)
+    else:
+        path = Path(name)
+        if path.is_dir():
+            path = path / "config.json"
+        if not path.is_file():
+            raise UserError(f"unknown backbone {name!r}: use a registered backbone, a shipped config "
+                            f"({', '.join(shipped_configs())}) or a path to a config.json")
+        cfg = config_from_json(path)
+        name = path.parent.name if path.name == "config.json" else path.stem
+    from benchmark.backbones.families import FAMILIES
+
+    family = FAMILIES.get(cfg.model_type)
+    return name, cfg, family.default_pooling if family else "cls"
+
+
+def build_backbone(config, label: str, pooling: str):
+    """Random-init backbone from ``config``, as ``load_backbone`` builds a random-config one (no tokenizer)."""
+    from benchmark.backbones import Backbone, _family
+
+    family = _family(config.model_type, label)
+    model = family.new_model(config)
+    if hasattr(model, "pooler"):
+        model.pooler = None
+    model.eval()
+    return Backbone(label, model, None, family, pooling=pooling).freeze()
+

@@ -1,0 +1,74 @@
+"""``python -m benchmark.memory.predict --calibrate``: the H100 reference runs of docs/memory.md predicted under
+fake tensors and printed beside the bytes measured there, to check what the predictor leaves out."""
+from __future__ import annotations
+
+import warnings
+from contextlib import ExitStack
+
+from benchmark.memory.architecture import CONFIG_DIR, config_from_json
+from benchmark.memory.fake import swappable_params, target_choices
+
+# docs/memory.md: H100 80GB, T5ForConditionalGeneration from the t5-base config (random init), batch 100,
+# source length 128, target length 8, fp32, AdamW, max_memory_allocated over 4 training steps
+# the three reference runs: every weight trains, LoRA r=32 on q and v trains, nothing trains (no_grad)
+REFERENCE_H100 = {"all-weights": 16_328_735_744, "lora-r32": 10_434_619_904, "frozen": 2_187_279_360}
+
+
+def _reference_peak(kind: str, target: str, order: str) -> int:
+    """One reference run (docs/memory.md) under FakeTensorMode; ``order``: ``plain`` (forward, backward, step,
+    zero_grad) or ``lightning`` (zero_grad between forward and backward, inside the step's closure)."""
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from transformers import T5ForConditionalGeneration
+
+    from benchmark.memory.tracker import MemoryTracker
+
+    config = config_from_json(CONFIG_DIR / "t5-base.json")
+    with ExitStack() as stack:
+        stack.enter_context(warnings.catch_warnings())
+        warnings.simplefilter("ignore")
+        mode = stack.enter_context(FakeTensorMode())
+        stack.enter_context(swappable_params(mode))
+        stack.enter_context(target_choices(target, fake=True))
+        model = T5ForConditionalGeneration(config)
+        if kind == "lora-r32":
+            from peft import LoraConfig, get_peft_model
+
+            model = get_peft_model(model, LoraConfig(r=32, lora_alpha=32, target_modules=["q", "v"]))
+        opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-4,
+                                foreach=target == "cuda")
+        tracker = MemoryTracker(model, opt)
+        with tracker:
+            model.train(kind != "frozen")
+            for _ in range(2 if kind == "frozen" else 4):
+                batch = {"input_ids": torch.randint(0, config.vocab_size, (100, 128)),
+                         "attention_mask": torch.ones(100, 128, dtype=torch.long),
+                         "labels": torch.randint(0, config.vocab_size, (100, 8))}
+                if kind == "frozen":
+                    with torch.no_grad():
+                        model(**batch)
+                    continue
+
+                def closure():
+                    loss = model(**batch).loss
+                    if order == "lightning":
+                        opt.zero_grad()
+                    loss.backward()
+                    return loss
+
+                opt.step(closure=closure)
+                if order == "plain":
+                    opt.zero_grad()
+    return tracker.peak_bytes
+
+
+def calibrate(target: str = "cuda") -> int:
+    """Predict the H100 reference runs of docs/memory.md and print each prediction beside the measured bytes."""
+    print("run | loop order | predicted bytes | H100 max_memory_allocated | predicted / measured")
+    print("--- | --- | --- | --- | ---")
+    for kind, measured in REFERENCE_H100.items():
+        for order in ("plain",) if kind == "frozen" else ("plain", "lightning"):
+            peak = _reference_peak(kind, target, order)
+            print(f"{kind} | {order} | {peak:,} | {measured:,} | {peak / measured:.3f}", flush=True)
+    print(f"\nT5-base encoder-decoder, batch 100, source 128, target 8, fp32, AdamW, 4 steps; target {target}")
+    return 0

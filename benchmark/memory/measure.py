@@ -1,0 +1,92 @@
+"""``make memory``: peak training memory of every registered method, one fresh process per row.
+
+Every row trains the same few steps at the same padded shape (batch x length) on the same task, so
+the numbers differ only by method. Rows come from the registry: a method may list extra rows
+(``variants``, e.g. 4-bit or ablation settings) and they join the table automatically.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from benchmark.memory.table import format_table, row_overrides, select_rows, write_table
+
+MARK = "METL_MEMORY_JSON "
+DEFAULTS = {"backbone": "minilm", "batch_size": "32", "max_length": "128",
+            "steps": "12"}  # 11 timed steps after the warm-up one: a median that holds to a few %
+
+
+def measure_one(overrides: dict[str, str]) -> dict:
+    """Train ``steps`` steps of one configuration (no validation) and print its memory as JSON."""
+    import lightning as L
+
+    from benchmark.memory.meter import MemoryMeter
+    from benchmark.run import parameter_counts, plan, build_components
+
+    steps = int(overrides.pop("steps", DEFAULTS["steps"]))
+    batch = int(overrides.get("batch_size", DEFAULTS["batch_size"]))
+    from tasks import default_task
+
+    overrides = {"task": default_task().name, **{k: v for k, v in DEFAULTS.items() if k != "steps"}, **overrides,
+                 "pad_to_max_length": "true", "limit_train_samples": str(batch * steps), "limit_eval_samples": "8",
+                 "warmup_steps": "0", "wandb": "disabled"}
+    p = plan(overrides)
+    r = p.run
+    L.seed_everything(r.seed, workers=True, verbose=False)
+    dm, method, module = build_components(p)
+    meter = MemoryMeter(track=True)
+    trainer = L.Trainer(accelerator=r.accelerator, devices=r.devices_value(), strategy=r.strategy,
+                        num_nodes=r.num_nodes, precision=r.precision, max_steps=steps, limit_val_batches=0,
+                        callbacks=[meter], logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0)
+    trainer.fit(module, datamodule=dm)
+    s = meter.summary()
+    keys = ("peak_train_bytes", "peak_source", "cuda_max_allocated", "cuda_max_reserved", "step_seconds",
+            "step_seconds_min", "device")
+    row = {"method": r.method, "variant": r.variant or r.method, **{k: s.get(k) for k in keys},
+           **s.get("memory_breakdown", {}), **parameter_counts(module, method),
+           "batch_size": r.batch_size, "max_length": r.max_length, "precision": r.precision,
+           "backbone": p.backbone_label, "task": r.task}
+    print(MARK + json.dumps(row), flush=True)
+    return row
+
+
+def measure_all(overrides: dict[str, str], methods: list[str] | None = None,
+                out: str | Path = "results/memory.csv") -> int:
+    """Every row (or those named in ``methods``) in its own process, one after another (rows are timed:
+    never two at once); a bad input (exit code 2) stops at once."""
+    from benchmark import jobs
+
+    rows = select_rows(methods)
+    env = {"WANDB_MODE": "disabled"}
+    todo = [jobs.Job(label, [sys.executable, "-m", "benchmark", "memory", "--one",
+                             *(f"{k}={v}" for k, v in row_overrides(overrides, label, method).items())], env=env)
+            for label, method, _ in rows]
+    results, failures = [], []
+
+    def done(i: int, d: jobs.Done) -> None:
+        line = next((ln for ln in d.stdout.splitlines() if ln.startswith(MARK)), None)
+        if d.returncode == 2:
+            print(d.last_line() or "no output", file=sys.stderr)
+        elif d.returncode != 0 or line is None:
+            failures.append((d.job.name, d.last_line() or "no output"))
+            print(f"  failed: {failures[-1][1]}", file=sys.stderr)
+        else:
+            results.append(json.loads(line[len(MARK):]))
+
+    finished = jobs.run(todo, workers=1, stop_on=2, on_start=lambda i, j: print(f"measuring {j.name} ...", flush=True),
+                        on_done=done)
+    if any(d.returncode == 2 for d in finished):  # a bad input is the same for every row
+        return 2
+    if not results:
+        print("no memory row could be measured", file=sys.stderr)
+        return 1
+    df = write_table(results, out)
+    print(format_table(df))
+    print(f"\npeak training memory: bytes of live tensors ({df['peak_source'].iloc[0]}), GiB = 1024^3 bytes; "
+          f"batch {df['batch_size'].iloc[0]}, length {df['max_length'].iloc[0]}, {df['precision'].iloc[0]}, "
+          f"{df['device'].iloc[0]}\nwritten: {out}")
+    for label, err in failures:
+        print(f"failed row {label}: {err}", file=sys.stderr)
+    return 1 if failures else 0

@@ -1,0 +1,220 @@
+"""Peak training memory at a scale this machine cannot run: the training steps of ``make memory`` under
+PyTorch's ``FakeTensorMode`` (shapes, dtypes and storage sizes; no data, no arithmetic), counted by the
+same ``MemoryTracker``, with the same method, task head, loss and AdamW as a real run.
+
+``python -m benchmark.memory.predict backbone=t5-base batch_size=100 max_length=128`` predicts every
+registered method and variant (the rows of ``make memory``) and writes ``results/memory_predicted.csv``.
+
+What a prediction is, exactly:
+
+- The backbone is built from its architecture config alone (a registry tiny config, a config shipped in
+  ``benchmark/backbones/configs``, a packaged model's ``config.json``, or a path), random init, no hub.
+- Each row runs in its own process (``benchmark.jobs``), so a crash of one row does not take the others
+  with it and peaks never carry over.
+- The loop is Lightning's automatic optimisation, step for step (``simulate.py``).
+- Data-dependent steps: ``Method.prepare`` (LST's Fisher-pruned init: it changes values, not shapes) is
+  not run; a method whose steps read data answers them through its ``FakeHints`` (MP-ISMoE:
+  methods/mpismoe/fake_hints.py: shape-only GNP-IQ, balanced MoE routing, one placeholder scalar), each
+  said in the row's notes. Any other op whose result depends on values fails its row with a one-line
+  reason.
+- ``target=cuda`` (default) makes the choices a CUDA run makes by device type, on fake CPU tensors:
+  ``dropout`` fused (a bool mask is saved, CPU saves one of the input's dtype), attention through the
+  fused memory-efficient SDPA kernel (CPU's math path saves the [B, H, L, L] weights), AdamW's foreach
+  update. A fake CUDA *device* cannot
+  run autograd on a CPU-only torch build (the autograd engine needs a CUDA device guard and accelerator
+  hooks), so autocast (``precision=bf16-mixed``) follows CPU rules, which keep softmax,
+  layer norm, pow, sum ... in bf16 where CUDA autocast runs them in fp32. Calibrated against
+  the H100 figures of docs/memory.md (T5-base encoder-decoder, batch 100): full fine-tuning 0.92-0.97, LoRA
+  0.93, frozen forward 0.98 of ``max_memory_allocated`` (CPU kernels: 1.21-1.33); kernel workspaces
+  (cuBLAS, SDPA backward) and allocator rounding are not tensors and are not counted.
+  ``target=cpu`` predicts this machine's CPU run (``make memory``'s tracker) exactly.
+
+``--compare-cuda`` runs the same rows for real on a CUDA device next to their prediction;
+``--calibrate`` predicts the H100 reference runs of docs/memory.md (``calibrate.py``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+import traceback
+
+from benchmark.cli import OverridesParser, entry_point, quiet
+from benchmark.errors import UserError
+from benchmark.memory.fake import FakeUnsupported
+from benchmark.memory.simulate import DEFAULTS, TARGETS, check, simulate
+from benchmark.memory.table import format_table, row_overrides, select_rows, write_table
+
+MARK = "METL_PREDICT_JSON "
+# what every row process imports: loaded once by the job runner's process server, each row forks from it
+PRELOAD = ("torch", "torch._subclasses.fake_tensor", "transformers", "peft", "lightning", "methods.base",
+           "benchmark.module", "benchmark.run", "benchmark.memory.simulate")
+CLI_KEYS = ("methods", "out", "jobs")
+
+
+# ---------------------------------------------------------------------------------------------------
+# many rows, one process each
+# ---------------------------------------------------------------------------------------------------
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    msg = text[0] if text else ""
+    if isinstance(exc, FakeUnsupported):
+        return msg[:300]
+    return f"{type(exc).__name__}: {msg}"[:300]
+
+
+def _row_process(overrides: dict[str, str], real_device: str | None) -> int:
+    """A row's own process: its result (or its one-line failure) as one marked JSON line."""
+    try:
+        import torch
+
+        torch.set_num_threads(1)  # rows run side by side, one per core
+        msg = ("ok", simulate(overrides, fake=real_device is None, device=real_device or "cpu"))
+    except BaseException as exc:  # noqa: BLE001 - a row's failure is data, reported as one line
+        traceback.print_exc()
+        msg = ("failed", _one_line(exc))
+    print(MARK + json.dumps(msg), flush=True)
+    return 0
+
+
+def _died(d) -> tuple[str, str]:
+    code = d.returncode
+    how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+    tail = d.last_line()
+    return "failed", f"process died ({how})" + (f": {tail[:200]}" if tail else "")
+
+
+def run_rows(jobs_list: list[tuple[object, dict[str, str], str | None]], jobs: int = 2,
+             progress=None) -> dict[object, tuple[str, object]]:
+    """Run ``(key, overrides, real_device)`` rows in fresh processes, ``jobs`` at a time; returns
+    key -> ("ok", row) or ("failed", one-line reason). A crashed process fails only its own row."""
+    from benchmark import jobs as runner
+
+    todo = []
+    for key, overrides, real in jobs_list:
+        argv = [sys.executable, "-m", "benchmark.memory.predict", "--one", *(["--device", real] if real else []),
+                *(f"{k}={v}" for k, v in overrides.items())]
+        todo.append(runner.Job(str(key), argv, data=(key, real)))
+    out = {}
+
+    def started(i, job):
+        if progress:
+            progress(f"{'measuring' if job.data[1] else 'predicting'} {job.data[0]} ...")
+
+    def done(i, d):
+        line = next((ln for ln in d.stdout.splitlines() if ln.startswith(MARK)), None)
+        out[d.job.data[0]] = tuple(json.loads(line[len(MARK):])) if line else _died(d)
+
+    runner.run(todo, workers=jobs, on_start=started, on_done=done, preload=PRELOAD)
+    return out
+
+
+def predict_all(overrides: dict[str, str], methods: list[str] | None = None,
+                out: str = "results/memory_predicted.csv", jobs: int = 2) -> int:
+    rows = select_rows(methods)
+    check(row_overrides(overrides, *rows[0][:2]))  # a bad input fails once, before any process starts
+    t0 = time.perf_counter()
+    results = run_rows([(label, row_overrides(overrides, label, method), None) for label, method, _ in rows],
+                       jobs=jobs, progress=lambda s: print(s, file=sys.stderr, flush=True))
+    wall = time.perf_counter() - t0
+    ok, failed = [], []
+    for label, method, _ in rows:
+        status, value = results[label]
+        if status == "ok":
+            ok.append(value)
+        else:
+            failed.append({"method": method, "variant": label, "error": value, "source": "predicted"})
+    if not ok:
+        for f in failed:
+            print(f"{f['variant']}: failed: {f['error']}", file=sys.stderr)
+        print("no memory row could be predicted", file=sys.stderr)
+        return 1
+    df = write_table(ok, out, failed, predicted=True)
+    first = ok[0]
+    print(format_table(df))
+    print(f"\npredicted peak training memory (FakeTensorMode + MemoryTracker), GiB = 1024^3 bytes; "
+          f"{first['backbone']}, batch {first['batch_size']}, length {first['max_length']}, {first['precision']}, "
+          f"target {first['target']}, {first['steps']} steps; {len(ok)} rows in {wall:.0f} s\nwritten: {out}")
+    return 1 if failed else 0
+
+
+def compare_cuda(overrides: dict[str, str], methods: list[str] | None = None) -> int:
+    """Each row predicted (fake, target=cuda) and run for real on CUDA from the same random-init
+    backbone config, ``max_memory_allocated`` after the model was moved; one process per run."""
+    import torch
+
+    if not torch.cuda.is_available():
+        print(f"error: --compare-cuda needs a CUDA device and none is visible (torch {torch.__version__}, "
+              f"CUDA build: {torch.version.cuda or 'no'})", file=sys.stderr)
+        return 2
+    rows = select_rows(methods)
+    overrides = {**overrides, "target": "cuda"}
+    check(row_overrides(overrides, *rows[0][:2]))
+    jobs_list = []
+    for label, method, _ in rows:
+        o = row_overrides(overrides, label, method)
+        jobs_list += [((label, "predicted"), o, None), ((label, "measured"), o, "cuda")]
+    results = run_rows(jobs_list, jobs=1, progress=lambda s: print(s, file=sys.stderr, flush=True))
+    head = ["row", "predicted GiB", "measured GiB (max allocated)", "predicted / measured",
+            "tracker on cuda GiB", "max reserved GiB"]
+    lines = [" | ".join(head), " | ".join("---" for _ in head)]
+    bad = 0
+    for label, _, _ in rows:
+        (ps, pv), (ms, mv) = results[(label, "predicted")], results[(label, "measured")]
+        pred = pv["peak_train_bytes"] if ps == "ok" else None
+        meas = mv["cuda_max_allocated"] if ms == "ok" else None
+        bad += pred is None or meas is None
+        cells = [label, f"{pred / 2**30:.3f}" if pred else f"failed: {pv}",
+                 f"{meas / 2**30:.3f}" if meas else f"failed: {mv}",
+                 f"{pred / meas:.3f}" if pred and meas else "",
+                 f"{mv['peak_train_bytes'] / 2**30:.3f}" if ms == "ok" else "",
+                 f"{mv['cuda_max_reserved'] / 2**30:.3f}" if ms == "ok" else ""]
+        lines.append(" | ".join(cells))
+    print("\n".join(lines))
+    first = next((v for s, v in results.values() if s == "ok"), None)
+    if first:
+        device = next((v["device"] for (k, kind), (s, v) in results.items() if kind == "measured" and s == "ok"), "?")
+        print(f"\n{first['backbone']}, batch {first['batch_size']}, length {first['max_length']}, {first['precision']}, "
+              f"{first['steps']} steps; measured on {device}; GiB = 1024^3 bytes")
+    return 1 if bad else 0
+
+
+@entry_point(ValueError)
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from benchmark.config import parse_overrides
+
+    parser = OverridesParser(prog="python -m benchmark predict", description=__doc__.split("\n\n")[0],
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("overrides", nargs="*", help="backbone= batch_size= max_length= precision= target= steps= "
+                                                     "task= methods= out= jobs=")
+    parser.add_argument("--compare-cuda", action="store_true", help="also run every row for real on CUDA")
+    parser.add_argument("--calibrate", action="store_true",
+                        help="predict docs/memory.md's H100 reference runs (T5-base encoder-decoder) beside them")
+    parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # a row's own process
+    parser.add_argument("--device", default=None, help=argparse.SUPPRESS)  # with --one: run for real there
+    args = parser.parse_args(argv)
+    quiet()
+    overrides = parse_overrides(args.overrides)
+    if args.one:
+        return _row_process(overrides, args.device)
+    opts = {k: overrides.pop(k) for k in CLI_KEYS if k in overrides}
+    methods = opts.get("methods", "").replace(",", " ").split() or None
+    if args.compare_cuda:
+        return compare_cuda(overrides, methods)
+    if args.calibrate:
+        from benchmark.memory.calibrate import calibrate
+
+        target = overrides.get("target", DEFAULTS["target"])
+        if target not in TARGETS:
+            raise UserError(f"bad value target={target!r}: must be cuda or cpu")
+        return calibrate(target)
+    jobs = int(opts.get("jobs", min(2, os.cpu_count() or 1)))
+    return predict_all(overrides, methods, out=opts.get("out", "results/memory_predicted.csv"), jobs=jobs)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,25 @@
+"""Full fine-tuning: the reference row; every backbone weight trains."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from methods.base import Method, MethodConfig
+
+
+@dataclass
+class FullConfig(MethodConfig):
+    lr: float = 5e-5  # LST trains T5 at 3e-4; BERT-family encoders diverge there, 5e-5 is their standard
+
+
+class FullFineTuning(Method):
+    backbone_follows_train_mode = True
+    config_class = FullConfig
+
+    def __init__(self, backbone, config: FullConfig):
+        super().__init__(backbone, config)
+        for p in backbone.model.parameters():
+            p.requires_grad_(True)
+
+    def forward(self, batch):
+        hidden = self.backbone(batch)
+        return self.backbone.salient(hidden, batch["attention_mask"])

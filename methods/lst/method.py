@@ -1,0 +1,131 @@
+"""LST, Ladder Side-Tuning (Sung, Cho, Bansal, NeurIPS 2022): a narrow side network fed by ladders.
+
+The frozen backbone runs once without autograd (``frozen_hidden_states``): none of its activations
+are kept for backward, and gradients flow only through the side network and the ladders.
+
+- Side network: the backbone's own layer type with every width divided by r = ``reduction`` (d_model,
+  d_ff and the head size; the head count is kept, as LST's code does with T5's d_kv;
+  ``backbone.narrow_layer``), one side layer per kept backbone layer. Side layers are
+  Hugging Face layers, so each one's FFN is a named submodule (BERT ``intermediate``/``output``,
+  T5 ``layer[-1]``), the slot MP-ISMoE turns into experts.
+- Side input: a down-projection Linear(d -> d/r) of the backbone's input embeddings.
+- Ladders: before side layer i (fed by backbone layer i),
+  ``h_side = mu_i * h_side + (1 - mu_i) * Down_i(h_backbone_i)``, with h_backbone_i the output of
+  backbone layer i, Down_i a Linear(d -> d/r) with bias, mu_i = sigmoid(alpha_i / T), T = 0.1,
+  alpha_i = 0 at init (every gate starts at 0.5). As in LST's code.
+- Layer dropping: ``drop_layers`` names backbone layers that get no side layer and no ladder (LST
+  keeps 9 of T5-base's 12: drops 0, 4, 8). Default: none, the 6-layer MiniLM keeps all six.
+- Output: a final LayerNorm of the side layers' own type (T5: RMS norm), the backbone's salient
+  pooling of the side tokens ([CLS] or masked mean), then the up-projection Linear(d/r -> d) to the
+  feature the task head reads. Pooling before the up-projection equals pooling after it (affine map,
+  convex token weights) and is cheaper; the LayerNorm stays per token, before the pooling.
+- Side stack context: the side layers get their own layer context (same attention mask), so on T5 the
+  first side layer computes its own relative position bias, as in LST's code.
+- Initialisation (``init``): ``fisher`` (default, the paper's) copies Fisher-ranked structured
+  prunings of the backbone's layers into the side layers in ``prepare`` (see ``pruning.py``);
+  ``random`` keeps the narrow layers' fresh init and makes ``prepare`` a no-op. Ladders, the input
+  down-projection, the final LayerNorm and the up-projection start from their default init either
+  way (LST's code initialises them so too).
+- Hyperparameters: lr 3e-3, r = 8 (T5-base GLUE), 1,024 Fisher samples (docs/methods.md).
+"""
+from __future__ import annotations
+
+import copy
+import sys
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from methods.base import ConfigError, Method, MethodConfig
+from methods.lst.pruning import PrunePlan, fisher_prune_init
+from methods.side import check_layers, frozen_hidden_states, parse_layers
+
+INIT_CHOICES = ("fisher", "random")
+NO_LAYERS = ("", "none")  # drop_layers spellings of "drop none"
+
+
+@dataclass
+class LSTConfig(MethodConfig):
+    renamed = {"r": "reduction"}  # LST's own name for it; ``reduction`` is the name every side method uses
+
+    lr: float = 3e-3  # LST's GLUE setting (docs/methods.md)
+    reduction: int = 8  # r: every side width is d / r; 8 for T5-base GLUE (docs/methods.md)
+    drop_layers: str = ""  # backbone layers with no side layer, e.g. "0,4,8" (LST on T5-base); "" = none
+    init: str = "fisher"  # fisher | random: side weights from Fisher-ranked pruning of the backbone, or fresh
+    fisher_samples: int = 1024  # training samples for the Fisher ranking (docs/methods.md)
+    gate_temperature: float = 0.1  # T in mu_i = sigmoid(alpha_i / T) (docs/methods.md)
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.check(self.reduction >= 1, "reduction", "must be >= 1")
+        self.check(self.init in INIT_CHOICES, "init", "must be fisher or random")
+        self.check(self.fisher_samples >= 1, "fisher_samples", "must be >= 1")
+        self.check(self.gate_temperature > 0, "gate_temperature", "must be > 0")
+        check_layers(self, "drop_layers", 'must be comma-separated layer indices such as "0,4,8", or ""',
+                     NO_LAYERS)
+
+
+def fresh_norm_like(layer: nn.Module) -> nn.Module:
+    """A new LayerNorm of the type the (narrow) layer uses, at identity (weight 1, bias 0)."""
+    norms = [m for m in layer.modules() if isinstance(m, nn.LayerNorm) or type(m).__name__.endswith("LayerNorm")]
+    norm = copy.deepcopy(norms[-1])
+    with torch.no_grad():
+        for name, p in norm.named_parameters(recurse=False):
+            p.fill_(0.0 if name == "bias" else 1.0)
+    return norm
+
+
+class LST(Method):
+    config_class = LSTConfig
+
+    def __init__(self, backbone, config: LSTConfig):
+        super().__init__(backbone, config)
+        d, n = backbone.hidden_size, backbone.num_layers
+        dropped = parse_layers(config.drop_layers, NO_LAYERS) or []
+        if any(i < 0 or i >= n for i in dropped) or len(dropped) >= n:
+            raise ConfigError(f"bad config value drop_layers={config.drop_layers!r}: indices must lie in "
+                              f"[0, {n - 1}] and keep at least one layer of backbone {backbone.name!r}")
+        # side layer j (and its ladder) is fed by backbone layer source_layers[j]
+        self.source_layers = [i for i in range(n) if i not in dropped]
+        self.d_side = max(1, d // config.reduction)
+        self.embed_down = nn.Linear(d, self.d_side)
+        self.ladders = nn.ModuleList([nn.Linear(d, self.d_side) for _ in self.source_layers])
+        # side layer j is the j-th of its own stack (T5: the first one owns the relative position bias)
+        self.side_layers = nn.ModuleList([backbone.narrow_layer(config.reduction, j)
+                                          for j in range(len(self.source_layers))])
+        self.gate_alpha = nn.Parameter(torch.zeros(len(self.source_layers)))
+        self.final_norm = fresh_norm_like(self.side_layers[-1])
+        self.up = nn.Linear(self.d_side, d)
+        self.prune_plan: PrunePlan | None = None
+
+    def gates(self) -> torch.Tensor:
+        """mu_i = sigmoid(alpha_i / T): the weight each ladder leaves to the side stream."""
+        return torch.sigmoid(self.gate_alpha / self.config.gate_temperature)
+
+    def side_ffn_slots(self) -> list:
+        """The FFN of every side layer (the backbone's own layer type, narrow), as ``FFNSlot`` objects
+        with install/restore (``backbone.ffn_slot``), for MP-ISMoE's experts."""
+        return [self.backbone.ffn_slot(layer) for layer in self.side_layers]
+
+    def prepare(self, train_loader, task) -> None:
+        """Fisher-ranked structured pruning of the backbone into the side layers (init=fisher only)."""
+        if self.config.init != "fisher":
+            return
+        plan = fisher_prune_init(self.backbone, self.side_layers, self.source_layers, train_loader, task,
+                                 self.config.fisher_samples)
+        self.prune_plan = plan
+        print(f"lst: side layers initialised from Fisher-ranked pruning ({plan.samples} samples, "
+              f"{plan.seconds:.1f} s)", file=sys.stderr)
+
+    def forward(self, batch):
+        states, ctx = frozen_hidden_states(self.backbone, batch)
+        mask = ctx.attention_mask
+        dtype = self.up.weight.dtype
+        h = self.embed_down(states[0].to(dtype))
+        side_ctx = self.backbone.layer_context(mask, h.dtype)  # the side stack's own (T5 position bias)
+        mu = self.gates().to(dtype)
+        for j, k in enumerate(self.source_layers):
+            h = mu[j] * h + (1 - mu[j]) * self.ladders[j](states[k + 1].to(dtype))
+            h = self.backbone.run_layer(self.side_layers[j], h, side_ctx)
+        return self.up(self.backbone.salient(self.final_norm(h), mask))
