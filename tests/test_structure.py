@@ -199,3 +199,10 @@ def test_registry_finds_cards_lazily_and_hints_close_names():
     assert reg.card("sherl").target.endswith(":SHERL") and reg.get("sherl").__name__ == "SHERL"
     with pytest.raises(ValueError, match="twice"):
         reg.register("lora", object())
+
+
+def test_no_module_over_400_lines():
+    """A module that grows past 400 lines is doing more than one job: split it (issue 17)."""
+    sizes = {str(p.relative_to(ROOT)): len(p.read_text().splitlines())
+             for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")}
+    assert {p: n for p, n in sizes.items() if n > 400} == {}
