@@ -27,6 +27,9 @@ class RunConfig:
     # budget
     epochs: int = 1
     max_steps: int = -1  # -1 = run the epochs
+    # > 0: the until-plateau budget: stop once val/score has not improved for this many validations in a
+    # row (Lightning's EarlyStopping); ``epochs`` (or ``max_steps``) is then the cap. 0: a fixed budget.
+    patience: int = 0
     batch_size: int = 32
     eval_batch_size: int = 128
     max_length: int = 64
@@ -60,6 +63,7 @@ class RunConfig:
 
         need(self.epochs >= 1, "epochs", "must be >= 1")
         need(self.max_steps == -1 or self.max_steps >= 1, "max_steps", "must be -1 (use epochs) or >= 1")
+        need(self.patience >= 0, "patience", "must be >= 0 (0 = a fixed budget)")
         need(self.batch_size >= 1, "batch_size", "must be >= 1")
         need(self.eval_batch_size >= 1, "eval_batch_size", "must be >= 1")
         need(8 <= self.max_length <= 4096, "max_length", "must be in [8, 4096]")

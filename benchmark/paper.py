@@ -38,7 +38,7 @@ class PaperTask:
 PAPER_TASKS = tuple(PaperTask(c.name, dict(c.paper_budget), variants=c.paper_variants) for c in paper_tasks())
 SEEDS = (0, 1, 2)
 # Run settings whose change makes an old result stale (besides the method config and the budget).
-CURRENT_KEYS = ("epochs", "max_steps", "batch_size", "eval_batch_size", "max_length", "pad_to_max_length",
+CURRENT_KEYS = ("epochs", "max_steps", "patience", "batch_size", "eval_batch_size", "max_length", "pad_to_max_length",
                 "warmup_steps", "grad_clip", "limit_train_samples", "limit_eval_samples", "precision", "pooling",
                 "vision", "backbone")
 

@@ -329,13 +329,13 @@ def method_label(run: dict) -> str:
     return f"{run['method']}@{run['variant']}" if run.get("variant") else run["method"]
 
 
-BUDGET_FIELDS = ("epochs", "max_steps", "batch_size", "max_length", "limit_train_samples", "limit_eval_samples",
+BUDGET_FIELDS = ("epochs", "max_steps", "patience", "batch_size", "max_length", "limit_train_samples", "limit_eval_samples",
                  "precision")
 
 
 def budget_label(run: dict) -> str:
     """The training budget a run had, as a short name: ``1ep-b32-len64``, ``1ep-b32-len64-train4096-eval2048``
-    (subsets), ``200steps-...``, ``...-bf16-mixed`` (a precision other than fp32).
+    (subsets), ``200steps-...``, ``plateau3-max20ep-...`` (until-plateau), ``...-bf16-mixed`` (not fp32).
 
     Runs of different budgets are different experiments: they never share a results file or a leaderboard
     row. Read from the run's config; a field a record lacks takes RunConfig's default."""
@@ -343,8 +343,10 @@ def budget_label(run: dict) -> str:
 
     given = (run.get("config") or {}).get("run") or {}
     v = {k: given.get(k, getattr(RunConfig, k)) for k in BUDGET_FIELDS}
-    parts = [f"{v['max_steps']}steps" if int(v["max_steps"]) > 0 else f"{v['epochs']}ep",
-             f"b{v['batch_size']}", f"len{v['max_length']}"]
+    cap = f"{v['max_steps']}steps" if int(v["max_steps"]) > 0 else f"{v['epochs']}ep"
+    if int(v["patience"]):  # until-plateau: the patience, then the cap (``plateau3-max20ep``)
+        cap = f"plateau{v['patience']}-max{cap}"
+    parts = [cap, f"b{v['batch_size']}", f"len{v['max_length']}"]
     if int(v["limit_train_samples"]):
         parts.append(f"train{v['limit_train_samples']}")
     if int(v["limit_eval_samples"]):

@@ -186,6 +186,12 @@ def execute(p: Plan) -> Executed:
                            mode="max" if p.task.higher_is_better else "min", save_top_k=1,
                            save_weights_only=True, filename="best")
     meter = MemoryMeter(track=r.track_memory)
+    callbacks = [ckpt, meter]
+    if r.patience:  # until-plateau: stop when validation stops improving; the epochs/steps are the cap
+        from lightning.pytorch.callbacks import EarlyStopping
+
+        callbacks.append(EarlyStopping(monitor="val/score", mode="max" if p.task.higher_is_better else "min",
+                                       patience=r.patience))
     loggers = _loggers(p, run_dir)
     strategy = r.strategy
     if strategy == "ddp" and p.method_cls.may_skip_parameters:
@@ -193,7 +199,7 @@ def execute(p: Plan) -> Executed:
     trainer = L.Trainer(accelerator=r.accelerator, devices=r.devices_value(), strategy=strategy,
                         num_nodes=r.num_nodes, precision=r.precision, max_epochs=r.epochs, max_steps=r.max_steps,
                         gradient_clip_val=r.grad_clip or None, val_check_interval=r.val_check_interval,
-                        callbacks=[ckpt, meter], logger=loggers, enable_progress_bar=r.progress,
+                        callbacks=callbacks, logger=loggers, enable_progress_bar=r.progress,
                         enable_model_summary=False, num_sanity_val_steps=0, deterministic=False,
                         default_root_dir=str(run_dir))
     with warnings.catch_warnings():

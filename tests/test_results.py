@@ -175,6 +175,10 @@ def test_budget_label_names_what_changes_the_experiment():
     assert label(limit_train_samples=4096, limit_eval_samples=2048) == "1ep-b32-len64-train4096-eval2048"
     assert label(max_steps=200, batch_size=8, max_length=128) == "200steps-b8-len128"
     assert label(epochs=3, precision="bf16-mixed") == "3ep-b32-len64-bf16-mixed"
+    # until-plateau: the patience and the cap are in the label; a record without ``patience`` was a fixed budget
+    assert label(patience=3, epochs=20) == "plateau3-max20ep-b32-len64"
+    assert label(patience=2, max_steps=500) == "plateau2-max500steps-b32-len64"
+    assert label(patience=0) == label() == "1ep-b32-len64"
     # a different budget is a different file, so it never overwrites (or averages with) the other
     a, b = make_record(seed=0), make_record(seed=0)
     b["run"]["config"]["run"]["limit_train_samples"] = 4096
@@ -245,7 +249,8 @@ def plan_of(rec: dict):
 
 def test_build_record_writes_the_committed_files_byte_for_byte():
     """Every committed record of the current layout comes back identical from ``build_record``: same keys, same
-    order, same values, same run id (ids keep '+': ``label_slug``, not ``slug``)."""
+    order, same values, same run id (ids keep '+': ``label_slug``, not ``slug``), but for run settings added
+    to RunConfig since, at their defaults."""
     paths = [p for p in sorted((ROOT / "results" / "runs").glob("**/*.json"))
              if {"method_version", "variant"} <= set(json.loads(p.read_text())["run"])]
     assert paths
@@ -259,6 +264,12 @@ def test_build_record_writes_the_committed_files_byte_for_byte():
                                      started_at=run["started_at"], finished_at=run["finished_at"],
                                      val_best=m["val_best"], test=m["test"], efficiency=rec["efficiency"],
                                      env=rec["env"])
+        # a RunConfig key added since the record was written (``patience``) had its default then: not a change
+        from benchmark.config import RunConfig
+
+        have = run["config"]["run"]
+        built["run"]["config"]["run"] = {k: v for k, v in built["run"]["config"]["run"].items()
+                                         if k in have or v != getattr(RunConfig, k)}
         assert results._dumps(built) == path.read_text(), path
         assert result_path(ROOT / "results", built) == path
 

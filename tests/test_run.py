@@ -182,3 +182,25 @@ def test_one_and_two_processes_report_the_same_test_metric_for_the_same_checkpoi
     assert one["efficiency"]["num_processes"] == 1 and two["efficiency"]["num_processes"] == 2
     assert two["metrics"]["test"]["acc"] == one["metrics"]["test"]["acc"]
     assert two["metrics"]["val_best"]["acc"] == one["metrics"]["val_best"]["acc"]
+
+
+def test_until_plateau_stops_when_validation_stops_improving(dirs, tmp_path):
+    """``patience=1`` with a cap of 30 epochs and a learning rate too small to move anything: validation
+    cannot improve after the first epoch, so training stops after the second, and the budget says so."""
+    import csv
+
+    path = run({**TINY, **dirs, "method": "lora", "task": "rotten_tomatoes", "epochs": "30", "patience": "1",
+                "lr": "1e-12"})
+    rec = json.loads(path.read_text())
+    assert rec["run"]["status"] == "ok" and "plateau1-max30ep" in str(path)
+    log = next((tmp_path / "runs").rglob("metrics.csv"))
+    validated = [r for r in csv.DictReader(log.open()) if r.get("val/score")]
+    assert len(validated) == 2
+
+
+def test_patience_must_not_be_negative(dirs):
+    from benchmark.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="patience"):
+        plan({**TINY, **dirs, "method": "lora", "task": "rotten_tomatoes", "patience": "-1"})
+
