@@ -5,6 +5,8 @@ loss), tasks give the loss, the predictions the metrics compare, and the reporte
 """
 from __future__ import annotations
 
+import time
+
 import lightning as L
 import torch
 from torch import nn
@@ -29,6 +31,8 @@ class METLModule(L.LightningModule):
         self.strict_loading = False  # checkpoints hold trainable state only
         self.best_val: dict[str, float] | None = None
         self.last_test: dict[str, float] | None = None
+        self.val_curve: list[dict[str, float]] = []  # every validation: step, seconds since training began, score
+        self._train_began: float | None = None
 
     # --- forward ----------------------------------------------------------------------------
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -37,6 +41,7 @@ class METLModule(L.LightningModule):
 
     def on_train_start(self):
         self.train()  # lets the method decide its backbone's mode (Method.train); Lightning keeps it after val
+        self._train_began = time.perf_counter()
 
     def training_step(self, batch, batch_idx):
         logits = self(batch)
@@ -81,6 +86,8 @@ class METLModule(L.LightningModule):
         values = self._eval_end(self.val_metrics, "val")
         if self.trainer.sanity_checking:
             return
+        seconds = time.perf_counter() - self._train_began if self._train_began is not None else 0.0
+        self.val_curve.append({"step": int(self.global_step), "seconds": round(seconds, 3), "score": values["score"]})
         better = (lambda a, b: a > b) if self.task.higher_is_better else (lambda a, b: a < b)
         if self.best_val is None or better(values["score"], self.best_val["score"]):
             self.best_val = values

@@ -10,7 +10,8 @@ Layout (``SCHEMA_VERSION`` 1)::
     {"schema_version": 1,
      "run": {id, method, [variant], task, task_version, task_family, backbone, seed, status, error,
              git_commit, git_dirty, wandb_run_id, config, started_at, finished_at},
-     "metrics": {primary: "score", higher_is_better, val_best: {name: float}, test: {name: float}},
+     "metrics": {primary: "score", higher_is_better, val_best: {name: float}, test: {name: float},
+                 val_curve: [{step, seconds, score}, ...]},
      "efficiency": {trainable_params, total_params, trainable_percent, backbone_storage_bytes,
                     checkpoint_bytes, peak_train_bytes, peak_source, memory_breakdown, tracker_peak_bytes,
                     cuda_max_allocated, cuda_max_reserved, step_seconds, samples_per_second, total_seconds,
@@ -23,17 +24,16 @@ import json
 import math
 import numbers
 import os
-import platform
 import re
-import subprocess
 import tempfile
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from benchmark.provenance import PACKAGES, env_info, git_info  # noqa: F401  (part of the record's API)
+
 SCHEMA_VERSION = 1
 STATUSES = ("ok", "failed", "interrupted")
-PACKAGES = ("torch", "lightning", "transformers", "peft", "datasets", "torchmetrics")
 BREAKDOWN = ("weights", "grads", "optimizer", "activations", "other")
 CORRUPT = "corrupt"  # prefix of a load_results reason: the file is not readable JSON
 INVALID = "invalid"  # prefix of a load_results reason: JSON, but not a valid record
@@ -48,6 +48,9 @@ RUN_FIELDS = {
 # method's ``version`` when it ran, absent = 1 (records from before versions)
 RUN_OPTIONAL = {"variant": "str?", "method_version": "int"}
 METRICS_FIELDS = {"primary": "str", "higher_is_better": "bool", "val_best": "dict", "test": "dict"}
+# val_curve: every validation of the run, [{"step", "seconds" (since training began), "score"}, ...];
+# absent in records from before it was kept
+CURVE_KEYS = ("step", "seconds", "score")
 EFFICIENCY_FIELDS = {
     "trainable_params": "int", "total_params": "int", "trainable_percent": "num",
     "backbone_storage_bytes": "int", "checkpoint_bytes": "int?", "peak_train_bytes": "int",
@@ -57,57 +60,6 @@ EFFICIENCY_FIELDS = {
     "precision": "str", "device": "str", "num_processes": "int",
 }
 ENV_FIELDS = {"python": "str?", "platform": "str?", **{p: "str?" for p in PACKAGES}, "device_name": "str?"}
-
-
-# --- provenance ------------------------------------------------------------------------------------
-def _version(dist: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return None
-
-
-def _device_name() -> str | None:
-    """The CUDA device's name, else the CPU model; best effort, never fails a finished run."""
-    try:
-        import torch
-
-        from benchmark.memory import device_name
-
-        return device_name("cuda" if torch.cuda.is_available() else "cpu")
-    except Exception:
-        return None
-
-
-def env_info() -> dict:
-    """Interpreter, platform, package versions (None when not installed) and the accelerator's name."""
-    info: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform()}
-    info.update({p: _version(p) for p in PACKAGES})
-    info["device_name"] = _device_name()
-    return info
-
-
-def git_info(repo_dir: str | os.PathLike) -> tuple[str | None, bool | None]:
-    """(commit, dirty) of the checkout at ``repo_dir``; (None, None) outside a repository or without git.
-
-    Dirty means a tracked file differs from the commit (untracked files, e.g. fresh results, don't count).
-    Read-only: ``--no-optional-locks`` keeps ``git status`` from touching the index.
-    """
-    def git(*args: str) -> str:
-        return subprocess.run(["git", "--no-optional-locks", *args], cwd=repo_dir, capture_output=True,
-                              text=True, timeout=10, check=True).stdout.strip()
-
-    try:
-        commit = git("rev-parse", "HEAD")
-    except (OSError, subprocess.SubprocessError, ValueError):
-        return None, None
-    try:
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
-    except (OSError, subprocess.SubprocessError, ValueError):
-        dirty = None
-    return commit or None, dirty
 
 
 # --- validation ------------------------------------------------------------------------------------
@@ -122,6 +74,8 @@ def _type_ok(value: Any, tag: str) -> bool:
         return isinstance(value, bool)
     if tag == "dict":
         return isinstance(value, dict)
+    if tag == "list":
+        return isinstance(value, list)
     if isinstance(value, bool):
         return False
     if tag == "int":
@@ -190,6 +144,10 @@ def validate(record: Any) -> list[str]:
             for k, v in values.items():
                 if not isinstance(k, str) or not (v is None or _type_ok(v, "num")):
                     problems.append(f"metrics.{part}.{k} should be a number or null, got {type(v).__name__}")
+    curve = metrics.get("val_curve", [])
+    if not isinstance(curve, list) or not all(isinstance(c, dict) and set(c) == set(CURVE_KEYS)
+                                              and all(_type_ok(c[k], "num") for k in CURVE_KEYS) for c in curve):
+        problems.append("metrics.val_curve should be a list of {step, seconds, score} numbers")
     test = metrics.get("test") if isinstance(metrics.get("test"), dict) else {}
     if ok and not _is_finite_number(test.get("score")):
         problems.append("an ok run needs a finite metrics.test.score")
@@ -300,7 +258,8 @@ def run_id_for(plan, tail: str) -> str:
 def build_record(plan, *, run_id: str = "", status: str = "ok", error: str | None = None,
                  git: tuple[str | None, bool | None] = (None, None), wandb_run_id: str | None = None,
                  started_at: str = "", finished_at: str = "", val_best: dict | None = None,
-                 test: dict | None = None, efficiency: dict | None = None, env: dict | None = None) -> dict:
+                 test: dict | None = None, efficiency: dict | None = None, env: dict | None = None,
+                 val_curve: list[dict] | None = None) -> dict:
     """The results record of a run of ``plan`` (a ``benchmark.run.Plan``), in the one key order every file has.
 
     With the plan alone it is the record a run would be filed under and compared by (``make paper``'s
@@ -309,6 +268,10 @@ def build_record(plan, *, run_id: str = "", status: str = "ok", error: str | Non
     from benchmark.config import as_dict
 
     r = plan.run
+    metrics = {"primary": "score", "higher_is_better": plan.task.higher_is_better,
+               "val_best": val_best or {}, "test": test or {}}
+    if val_curve is not None:
+        metrics["val_curve"] = val_curve
     return {
         "schema_version": SCHEMA_VERSION,
         "run": {"id": run_id, "method": r.method, "method_version": plan.method_cls.version,
@@ -317,8 +280,7 @@ def build_record(plan, *, run_id: str = "", status: str = "ok", error: str | Non
                 "status": status, "error": error, "git_commit": git[0], "git_dirty": git[1],
                 "wandb_run_id": wandb_run_id, "config": {"run": as_dict(r), "method": as_dict(plan.method_cfg)},
                 "started_at": started_at, "finished_at": finished_at},
-        "metrics": {"primary": "score", "higher_is_better": plan.task.higher_is_better,
-                    "val_best": val_best or {}, "test": test or {}},
+        "metrics": metrics,
         "efficiency": efficiency or {},
         "env": env or {},
     }

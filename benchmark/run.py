@@ -226,7 +226,8 @@ def execute(p: Plan) -> Executed:
     record = results.build_record(
         p, run_id=results.run_id_for(p, stamp), git=(commit, dirty), wandb_run_id=wandb_id,
         started_at=started.isoformat(), finished_at=datetime.now(timezone.utc).isoformat(),
-        val_best=module.best_val, test=module.last_test, efficiency=eff, env=results.env_info())
+        val_best=module.best_val, test=module.last_test, efficiency=eff, env=results.env_info(),
+        val_curve=module.val_curve)
     return Executed(record, trainer.global_rank, run_dir, wandb_run)
 
 

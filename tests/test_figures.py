@@ -114,3 +114,39 @@ def test_cli_lists_the_files_and_refreshes_the_page(results_dir, capsys):
     assert "wrote 3 figures" in out and "quantization_error.png" in out and "index.html" in out
     page = (results_dir / "index.html").read_text()
     assert 'src="figures/quantization_error.png"' in page and page.count("<figure ") == 3
+
+
+def test_learning_curves_per_task_from_the_records_val_curve(tmp_path):
+    """Runs with a ``val_curve`` get a learning-curve figure (score vs steps and vs seconds, mean over seeds);
+    runs without one (records from before) get none, and an older method version is left out."""
+    from benchmark.publish.curves import curve_groups, learning_curve_figure
+
+    for seed in range(2):
+        for method, start in (("lora", 0.5), ("sherl", 0.6)):
+            rec = make_record(method=method, task="rte", seed=seed, score=start + 0.2)
+            rec["metrics"]["val_curve"] = [{"step": 10 * (i + 1), "seconds": 2.0 * (i + 1) + seed,
+                                            "score": start + 0.1 * i + 0.01 * seed} for i in range(3)]
+            write_result(rec, result_path(tmp_path, rec))
+    old = make_record(method="sherl", task="rte", seed=0, score=0.1)
+    old["run"]["method_version"] = 0
+    old["metrics"]["val_curve"] = [{"step": 10, "seconds": 1.0, "score": 0.1}]
+    write_result(old, tmp_path / "runs" / "old.json")
+    plain = make_record(method="full", task="rte", seed=0, score=0.9)  # no curve
+    write_result(plain, result_path(tmp_path, plain))
+
+    records, _ = load_results(tmp_path)
+    groups = curve_groups(records)
+    (key, methods), = groups.items()
+    assert sorted(methods) == ["lora", "sherl"] and all(len(c) == 2 for c in methods.values())
+    fig = learning_curve_figure(key, methods)
+    steps, seconds = fig.axes
+    assert steps.get_xlabel() == "training steps" and "seconds" in seconds.get_xlabel()
+    assert "validation score (%)" == steps.get_ylabel() and "rte" in fig.get_suptitle()
+    line = next(ln for ln in steps.get_lines() if ln.get_label().startswith("lora"))
+    assert list(line.get_xdata()) == [10, 20, 30] and line.get_ydata()[0] == pytest.approx(50.5)
+
+    paths = figures.write_figures(tmp_path)
+    curves = [p for p in paths if p.name.startswith("learning_curves__rte-v1")]
+    assert len(curves) == 1 and curves[0].read_bytes().startswith(PNG)
+    manifest = json.loads((tmp_path / "figures" / "figures.json").read_text())
+    assert any(e["kind"] == "learning_curves" for e in manifest)

@@ -285,3 +285,13 @@ def test_build_record_of_a_plan_alone_is_the_expected_record():
                                   "backbone", "seed", "status", "error", "git_commit", "git_dirty", "wandb_run_id",
                                   "config", "started_at", "finished_at"]
     assert result_path("r", built) == result_path("r", rec) and validate(built) != []
+
+
+def test_a_validation_curve_is_checked_and_optional():
+    rec = make_record()
+    assert "val_curve" not in rec["metrics"] and validate(rec) == []  # records from before it are valid
+    rec["metrics"]["val_curve"] = [{"step": 10, "seconds": 1.5, "score": 0.7}, {"step": 20, "seconds": 3.0, "score": 0.8}]
+    assert validate(rec) == []
+    rec["metrics"]["val_curve"][1] = {"step": 20, "score": "high"}
+    assert any("val_curve" in p for p in validate(rec))
+

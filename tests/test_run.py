@@ -26,6 +26,10 @@ def test_a_run_writes_one_valid_record(method, dirs, tmp_path):
     m, e = rec["metrics"], rec["efficiency"]
     assert set(m["test"]) >= {"acc", "score"} and 0 <= m["test"]["score"] <= 1
     assert m["val_best"]["score"] >= 0  # validation ran and selection used it
+    curve = m["val_curve"]  # one point per validation (2 epochs), in training order
+    assert [c["step"] for c in curve] == sorted(c["step"] for c in curve) and len(curve) == 2
+    assert curve[0]["step"] > 0 and 0 < curve[0]["seconds"] <= curve[1]["seconds"]
+    assert m["val_best"]["score"] == max(c["score"] for c in curve)
     assert e["peak_train_bytes"] > 0 and e["peak_source"] == "tracker"
     assert e["trainable_params"] < e["total_params"]
     assert e["memory_breakdown"]["weights"] > 0 and e["memory_breakdown"]["optimizer"] > 0
@@ -195,7 +199,7 @@ def test_until_plateau_stops_when_validation_stops_improving(dirs, tmp_path):
     assert rec["run"]["status"] == "ok" and "plateau1-max30ep" in str(path)
     log = next((tmp_path / "runs").rglob("metrics.csv"))
     validated = [r for r in csv.DictReader(log.open()) if r.get("val/score")]
-    assert len(validated) == 2
+    assert len(validated) == 2 == len(rec["metrics"]["val_curve"])
 
 
 def test_patience_must_not_be_negative(dirs):

@@ -34,7 +34,8 @@ def publish(results_dir: str | os.PathLike = "results", out_dir: str | os.PathLi
 
     out = Path(out_dir if out_dir is not None else results_dir)
     fig_dir = Path(figures_dir) if figures_dir is not None else out / "figures"
-    df, report = build_leaderboard(*load_results(results_dir))
+    records, bad = load_results(results_dir)
+    df, report = build_leaderboard(records, bad)
     with_page = (tables and not df.empty) or (figures and fig_dir.resolve() == (out / "figures").resolve()
                                               and (Path(results_dir) / "runs").is_dir())
     families, ablations = _paper_tables(df) if (tables or with_page) and not df.empty else ({}, [])
@@ -53,7 +54,7 @@ def publish(results_dir: str | os.PathLike = "results", out_dir: str | os.PathLi
         if figures:  # the page comes after the figures
             print("wrote " + ", ".join(str(p) for p in written))
     if figures:
-        written += _figures(results_dir, fig_dir, df, report)
+        written += _figures(results_dir, fig_dir, df, report, records)
     if with_page:
         from benchmark.publish.page import write_page
 
@@ -73,10 +74,10 @@ def _paper_tables(df) -> tuple[dict, list]:
     return family_tables(df), ablation_tables(df)
 
 
-def _figures(results_dir, fig_dir: Path, df, report) -> list[Path]:
+def _figures(results_dir, fig_dir: Path, df, report, records) -> list[Path]:
     from benchmark.publish.figures import write_figures
 
-    paths = write_figures(results_dir, fig_dir, df=df, report=report)
+    paths = write_figures(results_dir, fig_dir, df=df, report=report, records=records)
     print(f"wrote {len(paths)} figure{'s' if len(paths) != 1 else ''} to {fig_dir}" + (":" if paths else ""))
     for path in paths:
         print(f"  {path}")

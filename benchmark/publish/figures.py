@@ -210,9 +210,10 @@ def _save(fig: Figure, path: Path) -> Path:
 
 
 def write_figures(results_dir: str | os.PathLike = "results", out: str | os.PathLike | None = None, *,
-                  df: pd.DataFrame | None = None, report=None) -> list[Path]:
+                  df: pd.DataFrame | None = None, report=None, records: list[dict] | None = None) -> list[Path]:
     """Draw every figure the inputs allow into ``out`` (default ``<results_dir>/figures``); return the PNGs.
-    ``df``/``report``: the leaderboard already built from ``<results_dir>/runs`` (else built here)."""
+    ``df``/``report``/``records``: the leaderboard and the records already read from ``<results_dir>/runs``
+    (else read here)."""
     results_dir = Path(results_dir)
     out = Path(out) if out is not None else results_dir / "figures"
     entries: list[dict] = []
@@ -227,8 +228,9 @@ def write_figures(results_dir: str | os.PathLike = "results", out: str | os.Path
         title = fig.get_suptitle() or fig.axes[0].get_title()
         entries.append({"file": name, "kind": kind, "title": title.replace("\n", " — "), **meta})
 
-    if df is None:
-        df, report = build_leaderboard(*load_results(results_dir))
+    if df is None or records is None:
+        records, bad = load_results(results_dir)
+        df, report = build_leaderboard(records, bad) if df is None else (df, report)
     if df.empty:
         print(f"figures: skipped score vs memory: no ok runs under {results_dir / 'runs'}"
               + (f" ({report.lines()[0]})" if report.dropped else ""))
@@ -239,6 +241,14 @@ def write_figures(results_dir: str | os.PathLike = "results", out: str | os.Path
             name = f"score_vs_memory__{slug(task)}-v{version}__{slug(backbone)}__{slug(budget)}__{slug(device)}.png"
             emit(lambda g=g: accuracy_memory_figure(g), name, "score_vs_memory", task=task, backbone=backbone,
                  budget=budget, device=device, version=int(version))
+
+    from benchmark.publish.curves import curve_groups, learning_curve_figure
+
+    for key, methods in sorted(curve_groups(records).items()):
+        task, version, backbone, budget, device, _ = key
+        name = f"learning_curves__{slug(task)}-v{version}__{slug(backbone)}__{slug(budget)}__{slug(device)}.png"
+        emit(lambda k=key, m=methods: learning_curve_figure(k, m), name, "learning_curves", task=task,
+             backbone=backbone, budget=budget, device=device, version=int(version))
 
     mem = _read_csv(results_dir / "memory.csv", ["method", "peak_train_bytes"] + MEMORY_GROUP)
     if mem is not None:
