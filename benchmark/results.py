@@ -59,6 +59,8 @@ EFFICIENCY_FIELDS = {
     "samples_per_second": "num?", "total_seconds": "num", "batch_size": "int", "max_length": "int",
     "precision": "str", "device": "str", "num_processes": "int",
 }
+# train_steps: optimizer steps trained (where an until-plateau run stopped); absent in older records
+EFFICIENCY_OPTIONAL = {"train_steps": "int"}
 ENV_FIELDS = {"python": "str?", "platform": "str?", **{p: "str?" for p in PACKAGES}, "device_name": "str?"}
 
 
@@ -154,6 +156,7 @@ def validate(record: Any) -> list[str]:
 
     # A failed run may have stopped before any figure existed: its efficiency fields are optional.
     problems += _check_fields(eff, "efficiency", EFFICIENCY_FIELDS, required=ok)
+    problems += _check_fields(eff, "efficiency", EFFICIENCY_OPTIONAL, required=False)
     if ok and _type_ok(eff.get("peak_train_bytes"), "int") and eff["peak_train_bytes"] < 0:
         problems.append("efficiency.peak_train_bytes is negative")
     breakdown = eff.get("memory_breakdown")

@@ -220,6 +220,7 @@ def execute(p: Plan) -> Executed:
         "checkpoint_bytes": os.path.getsize(ckpt.best_model_path) if ckpt.best_model_path else None,
         "total_seconds": time.time() - t0, "batch_size": r.batch_size, "max_length": r.max_length,
         "precision": r.precision, "num_processes": trainer.world_size,
+        "train_steps": int(trainer.global_step),  # where an until-plateau run stopped (optimizer steps)
     })
     wandb_run = next((lg.experiment for lg in loggers if type(lg).__name__ == "WandbLogger"), None)
     wandb_id = wandb_run.id if wandb_run is not None else None

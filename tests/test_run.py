@@ -200,6 +200,7 @@ def test_until_plateau_stops_when_validation_stops_improving(dirs, tmp_path):
     log = next((tmp_path / "runs").rglob("metrics.csv"))
     validated = [r for r in csv.DictReader(log.open()) if r.get("val/score")]
     assert len(validated) == 2 == len(rec["metrics"]["val_curve"])
+    assert rec["efficiency"]["train_steps"] == rec["metrics"]["val_curve"][-1]["step"] == 2 * 4  # 64 / 16 a epoch
 
 
 def test_patience_must_not_be_negative(dirs):
