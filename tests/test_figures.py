@@ -119,7 +119,7 @@ def test_cli_lists_the_files_and_refreshes_the_page(results_dir, capsys):
 def test_learning_curves_per_task_from_the_records_val_curve(tmp_path):
     """Runs with a ``val_curve`` get a learning-curve figure (score vs steps and vs seconds, mean over seeds);
     runs without one (records from before) get none, and an older method version is left out."""
-    from benchmark.publish.curves import curve_groups, learning_curve_figure
+    from benchmark.publish.figures import curve_groups, learning_curve_figure
 
     for seed in range(2):
         for method, start in (("lora", 0.5), ("sherl", 0.6)):

@@ -3,7 +3,7 @@
 
 (a) score vs peak training memory per task, version, backbone, budget and device (the paper's teaser, ours
 highlighted: ``names.OURS``), (b) the memory breakdown of every ``memory.csv`` row, (c) quantization error
-vs bits (``names.OURS_QUANTIZER`` highlighted). A missing or unreadable input skips its figure with a note;
+vs bits (``names.OURS_QUANTIZER`` highlighted), (d) learning curves from the records' ``val_curve``. A missing or unreadable input skips its figure with a note;
 it never fails the command. Plot functions return the ``Figure`` (tests read labels from it);
 ``write_figures`` saves small PNGs and a ``figures.json`` manifest that the HTML page (``publish.page``) reads.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 from pathlib import Path
 
 import pandas as pd
@@ -19,9 +20,9 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
 from benchmark.publish.fmt import GIB, is_percent, isnan
-from benchmark.publish.leaderboard import PARETO_GROUP, build_leaderboard, is_ablation_row
-from benchmark.publish.names import OURS, OURS_QUANTIZER, QUANT_TITLE
-from benchmark.results import BREAKDOWN, atomic_write_text, load_results, slug
+from benchmark.publish.leaderboard import PARETO_GROUP, build_leaderboard, current_records, is_ablation_row
+from benchmark.publish.names import ABLATION_ROWS, OURS, OURS_QUANTIZER, QUANT_TITLE
+from benchmark.results import BREAKDOWN, atomic_write_text, budget_label, load_results, method_label, slug
 
 DPI = 120
 PLAIN = FuncFormatter(lambda v, _: f"{v:g}")
@@ -184,6 +185,66 @@ def quantization_figure(q: pd.DataFrame) -> Figure:
 
 
 # --- writing -----------------------------------------------------------------------------------------
+# --- (d) learning curves ---------------------------------------------------------------------------
+def curve_groups(records: list[dict]) -> dict[tuple, dict[str, list[list[dict]]]]:
+    """(task, version, backbone, budget, device, higher_is_better) -> method label -> one ``val_curve`` per
+    seed, from the runs the leaderboard averages (ablation rows and runs without a curve left out)."""
+    groups: dict[tuple, dict[str, list[list[dict]]]] = {}
+    for rec in current_records(records):
+        run, metrics = rec["run"], rec["metrics"]
+        label = method_label(run)
+        if not metrics.get("val_curve") or label.startswith(ABLATION_ROWS):
+            continue
+        key = (run["task"], run["task_version"], run["backbone"], budget_label(run), rec["efficiency"]["device"],
+               bool(metrics["higher_is_better"]))
+        groups.setdefault(key, {}).setdefault(label, []).append(metrics["val_curve"])
+    return groups
+
+
+def _mean_curve(curves: list[list[dict]]) -> list[tuple[float, float, float, float]]:
+    """(step, seconds, mean score, std score) per validation index, over the seeds that reached it (an
+    until-plateau run that stopped early simply ends sooner)."""
+    out = []
+    for i in range(max(len(c) for c in curves)):
+        points = [c[i] for c in curves if len(c) > i]
+        scores = [p["score"] for p in points]
+        out.append((statistics.fmean(p["step"] for p in points), statistics.fmean(p["seconds"] for p in points),
+                    statistics.fmean(scores), statistics.stdev(scores) if len(scores) > 1 else 0.0))
+    return out
+
+
+def learning_curve_figure(key: tuple, methods: dict[str, list[list[dict]]]) -> Figure:
+    """Each method's validation score vs training steps and vs wall-clock seconds, mean over seeds with a
+    ±1 std band: which method is slow to start and which is worse at the end."""
+    task, version, backbone, budget, device, higher_is_better = key
+    means = {m: _mean_curve(c) for m, c in sorted(methods.items())}
+    percent = is_percent(higher_is_better, *(p[2] for pts in means.values() for p in pts))
+    scale = 100.0 if percent else 1.0
+    fig = _figure(11, 4.4)
+    axes = fig.subplots(1, 2, sharey=True)
+    for i, (method, pts) in enumerate(means.items()):
+        ours = method.split("@")[0] == OURS
+        color = OURS_COLORS[0] if ours else COLORS[i % len(COLORS)]
+        n = len(methods[method])
+        for ax, x in zip(axes, (0, 1)):
+            xs = [p[x] for p in pts]
+            ax.plot(xs, [p[2] * scale for p in pts], marker="o", markersize=3, color=color,
+                    linewidth=2.2 if ours else 1.3, label=f"{method} (n={n})")
+            if n > 1:
+                ax.fill_between(xs, [(p[2] - p[3]) * scale for p in pts], [(p[2] + p[3]) * scale for p in pts],
+                                color=color, alpha=0.15, linewidth=0)
+    axes[0].set_xlabel("training steps")
+    axes[1].set_xlabel("wall-clock seconds since training began")
+    axes[0].set_ylabel(f"validation score{' (%)' if percent else ''}")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7, loc="best")
+    fig.suptitle(f"Learning curves — {task} v{version}, {backbone}, budget {budget}, {device}\n"
+                 f"mean over seeds, band ±1 std", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def _read_csv(path: Path, needed: list[str]) -> pd.DataFrame | None:
     """The CSV, or None with a printed note when it is missing, unreadable or lacks a needed column."""
     if not path.is_file():
@@ -241,8 +302,6 @@ def write_figures(results_dir: str | os.PathLike = "results", out: str | os.Path
             name = f"score_vs_memory__{slug(task)}-v{version}__{slug(backbone)}__{slug(budget)}__{slug(device)}.png"
             emit(lambda g=g: accuracy_memory_figure(g), name, "score_vs_memory", task=task, backbone=backbone,
                  budget=budget, device=device, version=int(version))
-
-    from benchmark.publish.curves import curve_groups, learning_curve_figure
 
     for key, methods in sorted(curve_groups(records).items()):
         task, version, backbone, budget, device, _ = key

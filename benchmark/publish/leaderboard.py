@@ -95,6 +95,25 @@ def _flatten(record: dict) -> dict:
     return row
 
 
+def _current(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(kept, older, duplicate) flattened runs: a method's runs of different code versions never meet (only
+    its newest version is kept), and of two runs of the same seed the later finished one is kept."""
+    runs = runs.sort_values("finished_at", kind="stable")
+    newest = runs.groupby("method")["method_version"].transform("max")
+    older, runs = runs[runs["method_version"] < newest], runs[runs["method_version"] >= newest]
+    latest = runs.drop_duplicates(KEYS + ["seed"], keep="last")
+    return latest, older, runs.loc[runs.index.difference(latest.index)]
+
+
+def current_records(records: list[dict]) -> list[dict]:
+    """The valid ok records the leaderboard averages (newest method version, latest run of each seed)."""
+    ok = [r for r in records if not validate(r) and r["run"]["status"] == "ok"]
+    if not ok:
+        return []
+    latest, _, _ = _current(pd.DataFrame([_flatten(r) for r in ok]))
+    return [ok[i] for i in latest.index]
+
+
 def _num(series: pd.Series) -> pd.Series:
     return pd.to_numeric(series, errors="coerce").astype(float)
 
@@ -178,16 +197,12 @@ def build_leaderboard(records: Iterable[dict],
     if not runs:
         return pd.DataFrame(columns=columns), report
 
-    runs_df = pd.DataFrame(runs).sort_values("finished_at", kind="stable")
-    # a method's runs of different code versions never meet: only its newest version is kept
-    newest = runs_df.groupby("method")["method_version"].transform("max")
-    for _, r in runs_df[runs_df["method_version"] < newest].iterrows():
+    latest, older, duplicates = _current(pd.DataFrame(runs))
+    for _, r in older.iterrows():
         report.older += 1
         report.skipped.append((f"{r['task']}/{r['method']}/{r['backbone']} seed {r['seed']}",
                                f"older method version {r['method_version']}: rerun it (make paper reruns stale runs)"))
-    runs_df = runs_df[runs_df["method_version"] >= newest]
-    latest = runs_df.drop_duplicates(KEYS + ["seed"], keep="last")
-    for _, r in runs_df.loc[runs_df.index.difference(latest.index)].iterrows():
+    for _, r in duplicates.iterrows():
         report.duplicate += 1
         report.skipped.append((f"{r['task']}/{r['method']}/{r['backbone']} seed {r['seed']}",
                                f"duplicate: a later run of the same seed (finished {r['finished_at']}) is kept"))
