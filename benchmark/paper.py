@@ -96,10 +96,9 @@ def staleness(path: Path, expected: dict) -> str:
 
 def plan_jobs(seeds=SEEDS, extra: dict | None = None, tasks=PAPER_TASKS) -> list[Job]:
     """Every paper run, validated by name (as ``benchmark run`` would) and marked current or not."""
-    import methods  # noqa: F401  (registers)
     from benchmark.results import result_path
     from benchmark.run import REPO_ROOT, plan
-    from methods.base import METHODS
+    from methods import METHODS
 
     extra = dict(extra or {})
     jobs = []

@@ -35,11 +35,9 @@ class Plan:
 
 def plan(overrides: dict[str, str]) -> Plan:
     """Resolve names and validate every value before anything is loaded or trained."""
-    import methods  # noqa: F401  (registers)
-    import tasks  # noqa: F401
     from benchmark.backbones import _resolve
-    from methods.base import METHODS
-    from tasks.base import TASKS
+    from methods import METHODS
+    from tasks import TASKS
 
     run_part = {k: v for k, v in overrides.items() if k in RunConfig.__dataclass_fields__}
     probe = build(RunConfig, {k: v for k, v in run_part.items() if k in ("method", "task", "backbone")}, "run")

@@ -26,8 +26,7 @@ def reference_row_label() -> str:
 
 def memory_rows() -> list[tuple[str, str, dict[str, str]]]:
     """(row label, method name, method overrides) for every registered method and its variants."""
-    import methods  # noqa: F401
-    from methods.base import METHODS
+    from methods import METHODS
 
     rows = []
     for name, cls in METHODS.items():
