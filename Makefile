@@ -20,10 +20,11 @@ BATCH ?= 32
 LEN ?= 128
 JOBS ?=
 EXECUTOR ?= local
+TRIALS ?=
 
 RUN_ARGS = method=$(METHOD) task=$(TASK) backbone=$(BACKBONE) $(if $(DATA_DIR),data_dir=$(DATA_DIR)) $(ARGS)
 
-.PHONY: help setup bench test paper leaderboard figures browser list memory memory-compare-cuda advise quant-report clean
+.PHONY: help setup bench test tune paper leaderboard figures browser list memory memory-compare-cuda advise quant-report clean
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -47,6 +48,9 @@ bench: setup ## run METHOD on TASK for each of SEEDS (QUICK=1: a few steps), the
 
 test: setup ## the test suite (offline, CPU, a few minutes)
 	$(PY) -m pytest tests
+
+tune: setup ## search lr and weight decay of METHOD on TASK (Optuna; TRIALS=6; validation only) -> results/tuning/
+	$(PY) -m benchmark tune $(RUN_ARGS) $(if $(TRIALS),--trials $(TRIALS))
 
 paper: setup ## every run the paper tables need (offline tasks, 3 seeds, paper budget; current ones skipped; JOBS=n at a time; EXECUTOR=slurm: one SLURM job each, via submitit), then tables and figures
 	$(PY) -m benchmark paper $(if $(JOBS),--jobs $(JOBS)) --executor $(EXECUTOR) $(ARGS)

@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "memory": ("benchmark.cli:memory_command", "peak training memory of every registered method (a process each)"),
     "predict": ("benchmark.memory.predict:main", "predicted peak training memory on fake tensors (no GPU)"),
     "advise": ("benchmark.advise:main", "the methods that fit a memory budget, best accuracy first"),
+    "tune": ("benchmark.tune:main", "the same learning-rate / weight-decay search for any method (Optuna)"),
     "paper": ("benchmark.paper:main", "every run the paper tables need, then the tables and figures"),
     "figures": ("benchmark.publish:figures_main", "figures from results/ (no training)"),
     "leaderboard": ("benchmark.cli:leaderboard_command", "tables from results/runs/**.json"),

@@ -30,6 +30,9 @@ class RunConfig:
     # > 0: the until-plateau budget: stop once val/score has not improved for this many validations in a
     # row (Lightning's EarlyStopping); ``epochs`` (or ``max_steps``) is then the cap. 0: a fixed budget.
     patience: int = 0
+    # paper: each method's own hyperparameters (its paper's values); tuned: those ``make tune`` chose for this
+    # (task, backbone, method), read from results/tuning/ (the command line still wins)
+    hparams: str = "paper"
     batch_size: int = 32
     eval_batch_size: int = 128
     max_length: int = 64
@@ -64,6 +67,7 @@ class RunConfig:
         need(self.epochs >= 1, "epochs", "must be >= 1")
         need(self.max_steps == -1 or self.max_steps >= 1, "max_steps", "must be -1 (use epochs) or >= 1")
         need(self.patience >= 0, "patience", "must be >= 0 (0 = a fixed budget)")
+        need(self.hparams in ("paper", "tuned"), "hparams", "must be paper or tuned")
         need(self.batch_size >= 1, "batch_size", "must be >= 1")
         need(self.eval_batch_size >= 1, "eval_batch_size", "must be >= 1")
         need(8 <= self.max_length <= 4096, "max_length", "must be in [8, 4096]")

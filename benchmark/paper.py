@@ -25,6 +25,7 @@ from benchmark.cli import OverridesParser, entry_point
 from benchmark.config import parse_overrides
 from benchmark.errors import UserError
 from tasks import paper_tasks
+from benchmark.tune import TRIALS
 
 
 @dataclass(frozen=True)
@@ -32,13 +33,18 @@ class PaperTask:
     task: str
     budget: dict  # run-config values (strings, as on the command line)
     variants: bool = False  # also run each method's paper_variants here
+    tuned: bool = False  # the runs read make tune's choice (hparams=tuned): its searches run first
 
 
-# the task cards with a paper budget (their folders say why that budget)
-PAPER_TASKS = tuple(PaperTask(c.name, dict(c.paper_budget), variants=c.paper_variants) for c in paper_tasks())
+# the task cards with a paper budget (their folders say why that budget), then those with a tuned budget
+PAPER_TASKS = (tuple(PaperTask(c.name, dict(c.paper_budget), variants=c.paper_variants) for c in paper_tasks())
+               + tuple(PaperTask(c.name, dict(c.paper_tuned_budget), tuned=True) for c in paper_tasks(tuned=True)))
 SEEDS = (0, 1, 2)
+# the run settings of a tuned budget that are the tuned runs' own (until-plateau), not the trials': a search
+# runs at the task's trial budget on the same data
+TUNED_ONLY = ("hparams", "patience", "epochs", "max_steps", "val_check_interval")
 # Run settings whose change makes an old result stale (besides the method config and the budget).
-CURRENT_KEYS = ("epochs", "max_steps", "patience", "batch_size", "eval_batch_size", "max_length", "pad_to_max_length",
+CURRENT_KEYS = ("epochs", "max_steps", "patience", "hparams", "val_check_interval", "batch_size", "eval_batch_size", "max_length", "pad_to_max_length",
                 "warmup_steps", "grad_clip", "limit_train_samples", "limit_eval_samples", "precision", "pooling",
                 "vision", "backbone")
 
@@ -47,9 +53,11 @@ CURRENT_KEYS = ("epochs", "max_steps", "patience", "batch_size", "eval_batch_siz
 class Job:
     overrides: dict  # what ``python -m benchmark run`` gets
     name: str  # task/method[@variant]/seed, for the log
-    path: Path  # where its results file goes
+    path: Path | None  # where its results file goes (None: not known until its search has run)
     current: bool = False
     why: str = ""  # why it is not current
+    argv: tuple = ()  # the command, when not ``benchmark run`` (a search: ``benchmark tune``)
+    cost: tuple = (None, None)  # (expected, at most) seconds, from recorded times (benchmark.cost)
 
 
 def _expected(plan) -> dict:
@@ -94,9 +102,10 @@ def staleness(path: Path, expected: dict) -> str:
     return ""
 
 
-def plan_jobs(seeds=SEEDS, extra: dict | None = None, tasks=PAPER_TASKS) -> list[Job]:
-    """Every paper run, validated by name (as ``benchmark run`` would) and marked current or not."""
-    from benchmark.results import result_path
+def plan_jobs(seeds=SEEDS, extra: dict | None = None, tasks=PAPER_TASKS, costs=None) -> list[Job]:
+    """Every paper run, validated by name (as ``benchmark run`` would) and marked current or not. A tuned run
+    whose search has not run yet is planned without a path (``why`` says so)."""
+    from benchmark.results import budget_label, result_path
     from benchmark.run import REPO_ROOT, plan
     from methods import METHODS
 
@@ -109,11 +118,57 @@ def plan_jobs(seeds=SEEDS, extra: dict | None = None, tasks=PAPER_TASKS) -> list
                     ov = {"method": method, "task": pt.task, "seed": str(seed), **pt.budget, **extra}
                     if variant:
                         ov["variant"] = variant
-                    p = plan(ov)
-                    expected = _expected(p)
-                    path = result_path(REPO_ROOT / p.run.results_dir, expected)
-                    why = staleness(path, expected)
-                    jobs.append(Job(ov, f"{pt.task}/{p.run.label}/seed{seed}", path, current=not why, why=why))
+                    name = f"{pt.task}/{method}{'@' + variant if variant else ''}/seed{seed}"
+                    if pt.tuned and _search_status(ov):
+                        p = plan({**ov, "hparams": "paper"})  # the plan, checked, with its search to come
+                        expected = _expected(p)
+                        job = Job(ov, name + " (tuned)", None, why="after its search (make tune)")
+                    else:
+                        p = plan(ov)
+                        expected = _expected(p)
+                        path = result_path(REPO_ROOT / p.run.results_dir, expected)
+                        why = staleness(path, expected)
+                        job = Job(ov, name + (" (tuned)" if pt.tuned else ""), path, current=not why, why=why)
+                    if costs is not None:
+                        job.cost = costs.run(pt.task, p.run.label, expected["run"]["config"]["run"],
+                                             budget_label(expected["run"]))
+                    jobs.append(job)
+    return jobs
+
+
+def search_overrides(ov: dict) -> dict:
+    """What the search of a tuned run is run with: the run's settings less its seed and its own budget."""
+    return {k: v for k, v in ov.items() if k not in ("seed", *TUNED_ONLY)}
+
+
+def _search_status(ov: dict) -> str:
+    from benchmark.tune import search_status
+
+    return search_status(search_overrides(ov), TRIALS)
+
+
+def plan_searches(extra: dict | None = None, tasks=PAPER_TASKS, costs=None) -> list[Job]:
+    """The make tune searches the tuned rows need: one per (tuned task, method), the same trials for each."""
+    import sys as _sys
+
+    from benchmark.tune import trial_plan
+    from methods import METHODS
+
+    jobs = []
+    for pt in (t for t in tasks if t.tuned):
+        for method in METHODS:
+            ov = search_overrides({"method": method, "task": pt.task, **pt.budget, **dict(extra or {})})
+            why = _search_status(ov)
+            job = Job(ov, f"{pt.task}/{method}/search", None, current=not why, why=why,
+                      argv=(_sys.executable, "-m", "benchmark", "tune", *(f"{k}={v}" for k, v in ov.items()),
+                            "--trials", str(TRIALS)))
+            if costs is not None:
+                p = trial_plan(ov)[0]
+                from benchmark.config import as_dict
+
+                most = costs.search(pt.task, p.run.label, TRIALS, as_dict(p.run))
+                job.cost = (most, most)
+            jobs.append(job)
     return jobs
 
 
@@ -131,8 +186,8 @@ def run_jobs(jobs: list[Job], workers: int, threads: int, log_dir: Path, command
     env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
            "TOKENIZERS_PARALLELISM": "false"}
     total, t_start = len(jobs), time.time()
-    todo = [runner.Job(job.name, command(job) if command else [sys.executable, "-m", "benchmark", "run",
-                                                               *(f"{k}={v}" for k, v in job.overrides.items())],
+    todo = [runner.Job(job.name, command(job) if command else list(job.argv) or [
+                           sys.executable, "-m", "benchmark", "run", *(f"{k}={v}" for k, v in job.overrides.items())],
                        env=env, log=log_dir / (job.name.replace("/", "__") + ".log"), data=job) for job in jobs]
 
     def started(i, rj):
@@ -176,41 +231,63 @@ def main(argv: list[str] | None = None) -> int:
                     help="local (JOBS at a time here) or slurm (submitit: one SLURM job per run)")
     ap.add_argument("--executor-param", action="append", default=[], metavar="KEY=VALUE",
                     help="a submitit parameter, e.g. slurm_partition=gpu gpus_per_node=1 timeout_min=600 (repeatable)")
+    ap.add_argument("--part", choices=("all", "fixed", "tuned"), default="all",
+                    help="fixed: the runs at the papers' hyperparameters; tuned: the searches and the tuned runs")
     a = ap.parse_args(argv)
     try:
         seeds = [int(s) for s in a.seeds.split(",") if s.strip()]
     except ValueError:
         raise UserError(f"--seeds {a.seeds!r}: give comma-separated integers such as 0,1,2") from None
+    from benchmark.config import RunConfig
+    from benchmark.cost import Costs, summary
+    from benchmark.run import REPO_ROOT
+
     extra = {"progress": "false", **parse_overrides(a.overrides)}
-    jobs = plan_jobs(seeds, extra)
+    results_dir = REPO_ROOT / extra.get("results_dir", RunConfig.results_dir)
+    tasks = tuple(t for t in PAPER_TASKS if a.part == "all" or t.tuned == (a.part == "tuned"))
+    costs = Costs(results_dir)
+    searches = plan_searches(extra, tasks, costs)
+    jobs = plan_jobs(seeds, extra, tasks, costs)
+    todo_s = [j for j in searches if not j.current]
     todo = [j for j in jobs if not j.current]
-    print(f"paper: {len(jobs)} runs planned, {len(jobs) - len(todo)} current (skipped), {len(todo)} to run")
+    print(f"paper: {len(jobs)} runs planned, {len(jobs) - len(todo)} current (skipped), {len(todo)} to run"
+          + (f"; {len(searches)} searches ({TRIALS} trials each), {len(todo_s)} to run" if searches else ""))
+    workers = a.jobs or default_workers()
+    cost = summary([("searches (at most: every trial to its budget)", [j.cost for j in todo_s]),
+                    ("runs", [j.cost for j in todo])], workers)
+    if cost:
+        print(cost)
     if a.dry_run:
-        for j in todo:
+        for j in todo_s + todo:
             print(f"  would run {j.name}: {j.why}")
         return 0
     failed = []
-    if todo:
-        workers = a.jobs or default_workers()
-        threads = max(1, (os.cpu_count() or 1) // workers)
-        from benchmark.run import REPO_ROOT
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    from benchmark.jobs import parse_params
 
-        from benchmark.jobs import parse_params
-
-        results = run_jobs(todo, workers, threads, REPO_ROOT / "runs" / "paper", executor=a.executor,
-                           params=parse_params(a.executor_param))
+    params = parse_params(a.executor_param)
+    ready = [j for j in todo if j.path is not None]
+    if todo_s or ready:  # the searches first: the tuned runs waiting on them follow
+        results = run_jobs(todo_s + ready, workers, threads, REPO_ROOT / "runs" / "paper", executor=a.executor,
+                           params=params)
         failed = [j for j, rc in results if rc != 0]
-    from benchmark.config import RunConfig
+    waiting = [j for j in todo if j.path is None]
+    if waiting:
+        again = {j.name: j for j in plan_jobs(seeds, extra, tuple(t for t in tasks if t.tuned))}
+        now = [again[j.name] for j in waiting if again[j.name].path is not None and not again[j.name].current]
+        failed += [j for j in waiting if again[j.name].path is None]  # its search failed
+        if now:
+            results = run_jobs(now, workers, threads, REPO_ROOT / "runs" / "paper", executor=a.executor,
+                               params=params)
+            failed += [j for j, rc in results if rc != 0]
     from benchmark.publish import publish
-    from benchmark.run import REPO_ROOT
 
-    publish(REPO_ROOT / extra.get("results_dir", RunConfig.results_dir))  # tables, figures, then the page once
+    publish(results_dir)  # tables, figures, then the page once
     if failed:
         print(f"paper: {len(failed)} run(s) failed: " + ", ".join(j.name for j in failed)
               + "; tables were built from the rest; `make paper` again retries only these")
         return 1
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

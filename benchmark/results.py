@@ -46,7 +46,9 @@ RUN_FIELDS = {
 }
 # variant: a named configuration of the method (``variant=``), absent = none; method_version: the
 # method's ``version`` when it ran, absent = 1 (records from before versions)
-RUN_OPTIONAL = {"variant": "str?", "method_version": "int"}
+# hyperparameters: where the method's hyperparameters came from ({"source": "paper"} or {"source": "tuned",
+# "values", "search", "file"}: make tune's choice), absent = paper (records from before make tune)
+RUN_OPTIONAL = {"variant": "str?", "method_version": "int", "hyperparameters": "dict"}
 METRICS_FIELDS = {"primary": "str", "higher_is_better": "bool", "val_best": "dict", "test": "dict"}
 # val_curve: every validation of the run, [{"step", "seconds" (since training began), "score"}, ...];
 # absent in records from before it was kept
@@ -60,7 +62,8 @@ EFFICIENCY_FIELDS = {
     "precision": "str", "device": "str", "num_processes": "int",
 }
 # train_steps: optimizer steps trained (where an until-plateau run stopped); absent in older records
-EFFICIENCY_OPTIONAL = {"train_steps": "int"}
+# steps_per_epoch: training batches per epoch (what cost estimates scale by); absent in older records
+EFFICIENCY_OPTIONAL = {"train_steps": "int", "steps_per_epoch": "int"}
 ENV_FIELDS = {"python": "str?", "platform": "str?", **{p: "str?" for p in PACKAGES}, "device_name": "str?"}
 
 
@@ -281,7 +284,8 @@ def build_record(plan, *, run_id: str = "", status: str = "ok", error: str | Non
                 "variant": r.variant or None, "task": r.task, "task_version": plan.task.version,
                 "task_family": plan.task.family, "backbone": plan.backbone_label, "seed": r.seed,
                 "status": status, "error": error, "git_commit": git[0], "git_dirty": git[1],
-                "wandb_run_id": wandb_run_id, "config": {"run": as_dict(r), "method": as_dict(plan.method_cfg)},
+                "wandb_run_id": wandb_run_id, "hyperparameters": plan.hyperparameters,
+                "config": {"run": as_dict(r), "method": as_dict(plan.method_cfg)},
                 "started_at": started_at, "finished_at": finished_at},
         "metrics": metrics,
         "efficiency": efficiency or {},
@@ -295,12 +299,13 @@ def method_label(run: dict) -> str:
 
 
 BUDGET_FIELDS = ("epochs", "max_steps", "patience", "batch_size", "max_length", "limit_train_samples", "limit_eval_samples",
-                 "precision")
+                 "precision", "hparams")
 
 
 def budget_label(run: dict) -> str:
     """The training budget a run had, as a short name: ``1ep-b32-len64``, ``1ep-b32-len64-train4096-eval2048``
-    (subsets), ``200steps-...``, ``plateau3-max20ep-...`` (until-plateau), ``...-bf16-mixed`` (not fp32).
+    (subsets), ``200steps-...``, ``plateau3-max20ep-...`` (until-plateau), ``...-bf16-mixed`` (not fp32),
+    ``tuned-...`` (make tune's hyperparameters, not the papers').
 
     Runs of different budgets are different experiments: they never share a results file or a leaderboard
     row. Read from the run's config; a field a record lacks takes RunConfig's default."""
@@ -318,6 +323,8 @@ def budget_label(run: dict) -> str:
         parts.append(f"eval{v['limit_eval_samples']}")
     if str(v["precision"]) not in ("32-true", "32"):
         parts.append(str(v["precision"]))
+    if v["hparams"] != "paper":
+        parts.insert(0, str(v["hparams"]))
     return "-".join(parts)
 
 

@@ -2,6 +2,7 @@
 write one results JSON. Nothing here branches on a method's or task's name."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
@@ -25,12 +26,18 @@ class Plan:
     method_cls: type
     method_cfg: object
     task: object
+    # where the method's hyperparameters came from: {"source": "paper"}, or {"source": "tuned", "values": the
+    # ones applied, "search": how make tune found them, "file": its chosen-values file}
+    hyperparameters: dict = dataclasses.field(default_factory=lambda: {"source": "paper"})
 
     @property
     def backbone_label(self) -> str:
-        """The backbone a result is filed under: the text backbone, plus the image encoder on VL tasks."""
-        r = self.run
-        return f"{r.backbone}+{r.vision}" if self.task.images_per_example else r.backbone
+        return backbone_label(self.run, self.task)
+
+
+def backbone_label(run: RunConfig, task) -> str:
+    """The backbone a result is filed under: the text backbone, plus the image encoder on VL tasks."""
+    return f"{run.backbone}+{run.vision}" if task.images_per_example else run.backbone
 
 
 def plan(overrides: dict[str, str]) -> Plan:
@@ -52,14 +59,25 @@ def plan(overrides: dict[str, str]) -> Plan:
             VISUAL_ENCODERS.get(vision)  # the one-line unknown-name error, listing the valid ones
     run_vals, method_vals = split_overrides(overrides, RunConfig, method_cls.config_class)
     run = build(RunConfig, run_vals, "run")
+    given = current_names(method_cls.config_class, method_vals)
+    variant: dict[str, str] = {}
     if run.variant:
         if run.variant not in method_cls.variants:
             valid = ", ".join(sorted(method_cls.variants)) or "none"
             raise ConfigError(f"unknown variant {run.variant!r} of method {run.method!r}; valid variants: {valid}")
         variant = current_names(method_cls.config_class, method_cls.variants[run.variant])
-        method_vals = {**variant, **current_names(method_cls.config_class, method_vals)}  # the command line wins
+    hyperparameters = {"source": "paper"}
+    tuned: dict[str, str] = {}
+    if run.hparams == "tuned":  # make tune's choice for this (task, backbone, method[@variant])
+        from benchmark.tune import chosen
+
+        found = chosen(run, backbone_label(run, task), method_cls, task)
+        tuned = {k: repr(v) for k, v in found["values"].items() if k not in given}
+        hyperparameters = {"source": "tuned", "values": {k: found["values"][k] for k in tuned},
+                           "search": found["search"], "file": found["file"]}
+    method_vals = {**variant, **tuned, **given}  # the command line wins
     method_cfg = build(method_cls.config_class, method_vals, probe.method)
-    return Plan(run, method_cls, method_cfg, task)
+    return Plan(run, method_cls, method_cfg, task, hyperparameters)
 
 
 def _loggers(p: Plan, run_dir: Path):
@@ -162,8 +180,9 @@ class Executed:
     wandb_run: object | None  # the W&B run to report to, when W&B logs
 
 
-def execute(p: Plan) -> Executed:
-    """Train, select on validation, test once with the best checkpoint; return the record and its context."""
+def execute(p: Plan, test: bool = True, callbacks: list | tuple = ()) -> Executed:
+    """Train, select on validation, test once with the best checkpoint; return the record and its context.
+    ``test=False`` (a make tune trial) trains and validates only: no checkpoint, no test split touched."""
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -180,11 +199,13 @@ def execute(p: Plan) -> Executed:
     run_dir = (REPO_ROOT / r.run_dir / r.task / results.label_slug(r.label) / results.label_slug(p.backbone_label)
                / f"seed{r.seed}-{stamp}")
     run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt = ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), monitor="val/score",
-                           mode="max" if p.task.higher_is_better else "min", save_top_k=1,
-                           save_weights_only=True, filename="best")
     meter = MemoryMeter(track=r.track_memory)
-    callbacks = [ckpt, meter]
+    ckpt = None
+    if test:
+        ckpt = ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), monitor="val/score",
+                               mode="max" if p.task.higher_is_better else "min", save_top_k=1,
+                               save_weights_only=True, filename="best")
+    callbacks = [c for c in (ckpt, meter) if c is not None] + list(callbacks)
     if r.patience:  # until-plateau: stop when validation stops improving; the epochs/steps are the cap
         from lightning.pytorch.callbacks import EarlyStopping
 
@@ -199,6 +220,7 @@ def execute(p: Plan) -> Executed:
                         gradient_clip_val=r.grad_clip or None, val_check_interval=r.val_check_interval,
                         callbacks=callbacks, logger=loggers, enable_progress_bar=r.progress,
                         enable_model_summary=False, num_sanity_val_steps=0, deterministic=False,
+                        enable_checkpointing=ckpt is not None,
                         default_root_dir=str(run_dir))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
@@ -210,15 +232,17 @@ def execute(p: Plan) -> Executed:
         warnings.filterwarnings("ignore", ".*when logging on epoch level in distributed setting.*")
         warnings.filterwarnings("ignore", ".*it is recommended to use `Trainer\\(devices=1.*")
         trainer.fit(module, datamodule=dm)
-        trainer.test(module, datamodule=dm, ckpt_path=ckpt.best_model_path or None, verbose=False)
+        if ckpt is not None:
+            trainer.test(module, datamodule=dm, ckpt_path=ckpt.best_model_path or None, verbose=False)
 
     eff = meter.summary()
     eff.update(parameter_counts(module, method))
     eff.update({
-        "checkpoint_bytes": os.path.getsize(ckpt.best_model_path) if ckpt.best_model_path else None,
+        "checkpoint_bytes": os.path.getsize(ckpt.best_model_path) if ckpt and ckpt.best_model_path else None,
         "total_seconds": time.time() - t0, "batch_size": r.batch_size, "max_length": r.max_length,
         "precision": r.precision, "num_processes": trainer.world_size,
         "train_steps": int(trainer.global_step),  # where an until-plateau run stopped (optimizer steps)
+        "steps_per_epoch": int(trainer.num_training_batches),  # what make paper's cost estimate scales by
     })
     wandb_run = next((lg.experiment for lg in loggers if type(lg).__name__ == "WandbLogger"), None)
     wandb_id = wandb_run.id if wandb_run is not None else None

@@ -27,6 +27,12 @@ class MethodConfig:
     # the new one, and ``make paper`` reads an old record's key under its new name (not stale).
     renamed: ClassVar[dict[str, str]] = {}
 
+    # ``make tune``'s search (benchmark/tune.py), the same kind for every method: the learning rate
+    # log-uniform over ``lr_range``, a range around the method's paper value (``lr``'s default; None = that
+    # value / 10 to x 10), and AdamW's weight decay log-uniform over ``weight_decay_range`` (None: not searched).
+    lr_range: ClassVar[tuple[float, float] | None] = None
+    weight_decay_range: ClassVar[tuple[float, float] | None] = (1e-4, 1e-1)
+
     lr: float = 3e-4
     weight_decay: float = 0.0
     head_dropout: float = 0.1
@@ -39,6 +45,15 @@ class MethodConfig:
     def check(self, ok: bool, name: str, why: str) -> None:
         if not ok:
             raise ConfigError(f"bad config value {name}={getattr(self, name)!r}: {why}")
+
+    @classmethod
+    def search_space(cls) -> dict[str, tuple[float, float]]:
+        """Name -> (low, high) of each hyperparameter ``make tune`` searches, every one log-uniform."""
+        paper = cls.__dataclass_fields__["lr"].default
+        space = {"lr": tuple(cls.lr_range) if cls.lr_range else (paper / 10, paper * 10)}
+        if cls.weight_decay_range:
+            space["weight_decay"] = tuple(cls.weight_decay_range)
+        return space
 
     @classmethod
     def field_names(cls) -> list[str]:

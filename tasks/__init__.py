@@ -16,6 +16,12 @@ class TaskCard(Card):
     paper_budget: dict | None = None  # run-config values (strings) ``make paper`` runs it at; None: not a paper task
     paper_variants: bool = False  # ``make paper`` also runs each method's paper_variants on it
     paper_order: int = 0  # ``make paper`` runs its tasks in this order
+    # ``make tune``'s trial: the run-config values (strings) of one trial of the search; None: the suite's
+    # default (benchmark.tune.TRIAL_BUDGET). Short on purpose: it ranks learning rates, it trains no result.
+    tune_budget: dict | None = None
+    # ``make paper``'s tuned budget: run-config values of the runs at the tuned hyperparameters, trained until
+    # the validation score stops improving (``patience``, with its cap); None: no tuned rows for this task.
+    paper_tuned_budget: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,7 @@ def default_task() -> TaskCard:
     return found[0]
 
 
-def paper_tasks() -> list[TaskCard]:
-    """The tasks ``make paper`` runs, in its order."""
-    return sorted((c for c in task_cards() if c.paper_budget is not None), key=lambda c: (c.paper_order, c.name))
+def paper_tasks(tuned: bool = False) -> list[TaskCard]:
+    """The tasks ``make paper`` runs (``tuned``: those with a tuned budget), in its order."""
+    return sorted((c for c in task_cards() if (c.paper_tuned_budget if tuned else c.paper_budget) is not None),
+                  key=lambda c: (c.paper_order, c.name))

@@ -100,3 +100,54 @@ def test_dry_run_lists_without_running(tmp_path, capsys):
     n = len(paper.plan_jobs((0,), {"results_dir": str(tmp_path)}))
     assert f"paper: {n} runs planned, 0 current (skipped), {n} to run" in out and "would run easy_vqa/lora/seed0" in out
     assert not (tmp_path / "runs").exists()
+
+
+TUNED = paper.PaperTask("rotten_tomatoes", {"hparams": "tuned", "limit_train_samples": "64", "patience": "3",
+                                            "epochs": "3", "val_check_interval": "0.5"}, tuned=True)
+
+
+def test_the_tuned_budget_waits_for_one_search_per_method_then_runs_apart(tmp_path):
+    """Before its search a tuned row has no path (its values are not known); each method gets one search with
+    the same trials, at the trial budget on the same data (not the tuned runs' own budget); once the search
+    is done the tuned rows are planned under a budget of their own."""
+    from test_tune import FakeRuns
+
+    from benchmark import tune
+
+    jobs = plan(tmp_path, seeds=(0, 1), tasks=(TUNED,))
+    assert jobs and all(j.path is None and not j.current and "search" in j.why for j in jobs)
+    searches = paper.plan_searches({"results_dir": str(tmp_path)}, (TASK, TUNED))
+    assert sorted(j.name for j in searches) == sorted(f"rotten_tomatoes/{m}/search" for m in METHODS)
+    for j in searches:
+        assert j.argv[-2:] == ("--trials", str(paper.TRIALS)) and "limit_train_samples=64" in j.argv
+        assert not {"seed", "patience", "epochs", "hparams", "val_check_interval"} & set(j.overrides)
+    lora = next(j for j in searches if j.overrides["method"] == "lora")
+    tune.tune({**lora.overrides, "backbone": "minilm"}, trials=paper.TRIALS, executor=FakeRuns(val=lambda lr: lr),
+              log=lambda *a: None)
+    assert next(j for j in paper.plan_searches({"results_dir": str(tmp_path)}, (TUNED,))
+                if j.overrides["method"] == "lora").current
+    jobs = plan(tmp_path, seeds=(0,), tasks=(TUNED,))
+    ready = [j for j in jobs if j.path is not None]
+    assert [j.name for j in ready] == ["rotten_tomatoes/lora/seed0 (tuned)"]
+    assert "tuned-plateau3-max3ep" in str(ready[0].path) and ready[0].why == "no results yet"
+
+
+def test_the_cost_comes_from_recorded_times(tmp_path):
+    """Seconds per step from a record's total time over its steps; a fixed run counts its steps, an
+    until-plateau one its cap, or the mean steps of its finished seeds; no recorded time: unknown."""
+    from benchmark.cost import Costs, summary
+    from benchmark.results import budget_label, result_path, write_result
+
+    rec = make_record(method="lora", task="rotten_tomatoes", seed=0)
+    rec["run"]["config"]["run"].update(epochs=1, batch_size=32, limit_train_samples=320, patience=2)
+    rec["efficiency"].update(total_seconds=100.0, train_steps=5)
+    write_result(rec, result_path(tmp_path, rec))
+    costs = Costs(tmp_path)
+    assert costs.seconds_per_step("rotten_tomatoes", "lora") == 20.0
+    assert costs.run("rotten_tomatoes", "lora", {"epochs": 2, "batch_size": 32, "limit_train_samples": 320},
+                     "x") == (400.0, 400.0)  # 2 epochs of 10 steps
+    plateau = {"epochs": 3, "batch_size": 32, "limit_train_samples": 320, "patience": 2}
+    assert costs.run("rotten_tomatoes", "lora", plateau, budget_label(rec["run"])) == (100.0, 600.0)
+    assert costs.run("rotten_tomatoes", "bitfit", plateau, "x") == (None, None)
+    text = summary([("runs", [(100.0, 600.0), (None, None)])], workers=2)
+    assert "1 with no recorded time" in text and "at most" in text

@@ -242,6 +242,7 @@ def plan_of(rec: dict):
     method_cfg = make_dataclass("MethodConfig", [(k, object, field(default_factory=lambda v=v: v))
                                                  for k, v in cfg["method"].items()])()
     return SimpleNamespace(run=RunConfig(**cfg["run"]), method_cfg=method_cfg, backbone_label=run["backbone"],
+                           hyperparameters=run.get("hyperparameters", {"source": "paper"}),
                            method_cls=SimpleNamespace(version=run["method_version"]),
                            task=SimpleNamespace(version=run["task_version"], family=run["task_family"],
                                                 higher_is_better=rec["metrics"]["higher_is_better"]))
@@ -270,6 +271,8 @@ def test_build_record_writes_the_committed_files_byte_for_byte():
         have = run["config"]["run"]
         built["run"]["config"]["run"] = {k: v for k, v in built["run"]["config"]["run"].items()
                                          if k in have or v != getattr(RunConfig, k)}
+        if "hyperparameters" not in run:  # a record from before make tune: the papers' values, as now said
+            assert built["run"].pop("hyperparameters") == {"source": "paper"}
         assert results._dumps(built) == path.read_text(), path
         assert result_path(ROOT / "results", built) == path
 
@@ -283,7 +286,7 @@ def test_build_record_of_a_plan_alone_is_the_expected_record():
     assert list(built) == ["schema_version", "run", "metrics", "efficiency", "env"]
     assert list(built["run"]) == ["id", "method", "method_version", "variant", "task", "task_version", "task_family",
                                   "backbone", "seed", "status", "error", "git_commit", "git_dirty", "wandb_run_id",
-                                  "config", "started_at", "finished_at"]
+                                  "hyperparameters", "config", "started_at", "finished_at"]
     assert result_path("r", built) == result_path("r", rec) and validate(built) != []
 
 

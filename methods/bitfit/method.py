@@ -23,6 +23,7 @@ NO_BIAS_CHOICES = ("layernorm", "error")
 
 @dataclass
 class BitFitConfig(MethodConfig):
+    lr_range = (3e-5, 3e-3)  # make tune's search, around LST's 3e-4
     lr: float = 3e-4  # LST's BitFit setting (docs/methods.md)
     if_no_biases: str = "layernorm"  # layernorm | error: what to train on a backbone without biases (T5)
 

@@ -8,6 +8,7 @@ from methods.base import Method, MethodConfig
 
 @dataclass
 class FullConfig(MethodConfig):
+    lr_range = (1e-5, 3e-4)  # make tune's search, around 5e-5; above 3e-4 BERT-family encoders diverge
     lr: float = 5e-5  # LST trains T5 at 3e-4; BERT-family encoders diverge there, 5e-5 is their standard
 
 

@@ -8,6 +8,7 @@ from methods.base import Method, MethodConfig
 
 @dataclass
 class LoraMethodConfig(MethodConfig):
+    lr_range = (3e-5, 3e-3)  # make tune's search, around LST's 3e-4
     lr: float = 3e-4  # LST's LoRA setting
     r: int = 32  # LST's rank on T5 attention
     alpha: int = 32

@@ -49,6 +49,7 @@ NO_LAYERS = ("", "none")  # drop_layers spellings of "drop none"
 class LSTConfig(MethodConfig):
     renamed = {"r": "reduction"}  # LST's own name for it; ``reduction`` is the name every side method uses
 
+    lr_range = (3e-4, 3e-2)  # make tune's search, around LST's 3e-3
     lr: float = 3e-3  # LST's GLUE setting (docs/methods.md)
     reduction: int = 8  # r: every side width is d / r; 8 for T5-base GLUE (docs/methods.md)
     drop_layers: str = ""  # backbone layers with no side layer, e.g. "0,4,8" (LST on T5-base); "" = none

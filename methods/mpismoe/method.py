@@ -59,6 +59,7 @@ BASES = ("lst", "unipt", "sherl")
 
 @dataclass
 class MPISMoEConfig(MethodConfig):
+    lr_range = (3e-4, 3e-2)  # make tune's search, around its base methods' 3e-3
     lr: float = 3e-3  # the base methods' (LST/SHERL) GLUE learning rate; the paper gives none
     base: str = "sherl"
     # the base's own config keys, set as ``base.<key>=<value>`` (e.g. base.reduction=16); the rest keep

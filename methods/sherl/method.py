@@ -54,6 +54,7 @@ GATE_POSITIONS = ("before_late", "after_late")
 class SherlConfig(MethodConfig):
     # lr: SHERL's GLUE script (Ladder-Side-Tuning/seq2seq/scripts/ladder_side_tuning_base.sh) sets
     # lr=3e-3, LST's GLUE value. The late layer trains at the same lr (one optimizer group).
+    lr_range = (3e-4, 3e-2)  # make tune's search, around 3e-3
     lr: float = 3e-3
     # reduction: side width d/r. The SHERL GLUE script takes r on the command line; r = 8 (LST's GLUE
     # setting) puts SHERL near its reported 0.85 % of T5-base (encoder + decoder modules).

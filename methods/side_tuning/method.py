@@ -35,6 +35,7 @@ from methods.side import frozen_hidden_states
 class SideTuningConfig(MethodConfig):
     renamed = {"r": "reduction"}  # its name until the side methods agreed on ``reduction``
 
+    lr_range = (3e-4, 3e-2)  # make tune's search, around LST's 3e-3
     lr: float = 3e-3  # LST's side-network lr (docs/methods.md); Side-Tuning gives none for this setting
     reduction: int = 8  # r: side width d / r, as LST's side network (r = 8 for T5-base GLUE, docs/methods.md)
     side_layers: int = 2  # narrow layers of the backbone's type in s(x)

@@ -42,6 +42,7 @@ class UniPTConfig(MethodConfig):
     # lr: UniPT's README names LST as its language-only base but the repository ships no GLUE script;
     # LST's GLUE side-network lr is 3e-3 (also SHERL's scripts/ladder_side_tuning_base.sh). Its VL
     # scripts (CLIP-ViL VQA) use 5e-4 with r = 2.
+    lr_range = (3e-4, 3e-2)  # make tune's search, around 3e-3
     lr: float = 3e-3
     # reduction: side width d/r. LST's GLUE setting r = 8; with r = 8 UniPT's trainable share on T5-base
     # lands near the paper's 1.36 % (encoder + decoder modules), r = 4 would double it.
