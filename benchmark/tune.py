@@ -13,6 +13,7 @@ values go to ``results/tuning/<task>__<backbone>__<method>.json``, which a run w
 from __future__ import annotations
 
 import sys
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from benchmark.errors import UserError
 TRIALS = 6  # every method gets the same number
 STARTUP = 3  # TPE's random trials before it models the results
 SEED = 0
+HEARTBEAT = 30  # seconds between a running trial's heartbeats
 # the trial budget of a task whose card declares none: short, validated often enough for the pruner
 TRIAL_BUDGET = {"max_steps": "64", "val_check_interval": "16", "limit_eval_samples": "512"}
 # what every trial runs with, whatever the command line says: no results file, no W&B run, no memory tracker
@@ -114,8 +116,12 @@ def objective_for(overrides: dict[str, str], space: dict[str, tuple[float, float
     def objective(trial) -> float:
         values = {k: trial.suggest_float(k, lo, hi, log=True) for k, (lo, hi) in space.items()}
         report = reporter(trial)
-        done = run_trial(plan({**overrides, **{k: repr(v) for k, v in values.items()}}), test=False,
-                         callbacks=[report])
+        try:
+            logs = {"run_dir": str(Path(overrides["run_dir"]) / f"trial{trial.number}")}  # one folder per trial
+            done = run_trial(plan({**overrides, **logs, **{k: repr(v) for k, v in values.items()}}), test=False,
+                             callbacks=[report])
+        except SystemExit as e:  # Lightning turns Ctrl-C into sys.exit(1): Optuna marks the trial failed on this
+            raise KeyboardInterrupt from e
         eff = done.record["efficiency"]
         trial.set_user_attr("train_steps", eff.get("train_steps"))
         trial.set_user_attr("steps_per_epoch", eff.get("steps_per_epoch"))
@@ -172,14 +178,19 @@ def tune(overrides: dict[str, str], trials: int = TRIALS, executor=None, log=pri
     space = p.method_cls.config_class.search_space()
     db.parent.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats: since 2.9
+
+    # heartbeats: a trial whose process was killed (no Ctrl-C) is failed by the next call, not left running
+    storage = optuna.storages.RDBStorage(f"sqlite:///{db}", heartbeat_interval=HEARTBEAT, grace_period=2 * HEARTBEAT)
 
     def open_study(seed: int):
-        return optuna.create_study(study_name=study_name(p), storage=f"sqlite:///{db}", load_if_exists=True,
+        return optuna.create_study(study_name=study_name(p), storage=storage, load_if_exists=True,
                                    direction="maximize" if p.task.higher_is_better else "minimize",
                                    sampler=optuna.samplers.TPESampler(n_startup_trials=STARTUP, seed=seed),
                                    pruner=_pruner(p.run.max_steps))
 
     study = open_study(SEED)
+    optuna.storages.fail_stale_trials(study)
     if study.trials:  # a resumed search draws on from where it stopped, not the same values again
         study = open_study(SEED + len(study.trials))
     counted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -269,7 +280,12 @@ def main(argv: list[str] | None = None) -> int:
     quiet()
     from benchmark.config import parse_overrides
 
-    tune(parse_overrides(a.overrides), trials=a.trials)
+    try:
+        tune(parse_overrides(a.overrides), trials=a.trials)
+    except KeyboardInterrupt:
+        print("tune: interrupted; the running trial is marked failed. The same command resumes the search.",
+              file=sys.stderr)
+        return 130
     return 0
 
 

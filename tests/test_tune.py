@@ -24,14 +24,15 @@ class FakeRuns:
     """Stands in for ``benchmark.run.execute``: validation and test scores as functions of the learning rate,
     reported to the trial's callbacks the way Lightning would (one validation every 4 steps)."""
 
-    def __init__(self, val, test=lambda lr: 0.5, interrupt_at=None):
+    def __init__(self, val, test=lambda lr: 0.5, interrupt_at=None, interrupt=KeyboardInterrupt):
         self.val, self.test, self.interrupt_at, self.calls = val, test, interrupt_at, []
+        self.interrupt = interrupt
 
     def __call__(self, p, test=True, callbacks=()):
         assert not test, "a trial must not run the test split"
         self.calls.append(p.method_cfg.lr)
         if self.interrupt_at is not None and len(self.calls) == self.interrupt_at:
-            raise KeyboardInterrupt
+            raise self.interrupt
         module = SimpleNamespace(val_curve=[])
         trainer = SimpleNamespace(sanity_checking=False, should_stop=False)
         value = self.val(p.method_cfg.lr)
@@ -73,11 +74,14 @@ def test_the_choice_follows_validation_not_test(dirs):
     assert chosen["search"]["trials"] == 5 and chosen["search"]["complete"] + chosen["search"]["pruned"] == 5
 
 
-def test_an_interrupted_search_resumes_and_a_finished_one_is_reused(dirs):
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, SystemExit(1)], ids=["ctrl-c", "lightning-exit"])
+def test_an_interrupted_search_resumes_and_a_finished_one_is_reused(dirs, interrupt):
+    """Ctrl-C during a trial (inside Lightning's fit it arrives as ``sys.exit(1)``) fails that trial; the next
+    call runs only the trials still missing, at new values; a finished search runs nothing."""
     log = lambda *a: None  # noqa: E731
     ov = {**TINY, **dirs, "method": "lora"}
     with pytest.raises(KeyboardInterrupt):
-        tune.tune(ov, trials=4, executor=FakeRuns(val=lambda lr: lr, interrupt_at=3), log=log)
+        tune.tune(ov, trials=4, executor=FakeRuns(val=lambda lr: lr, interrupt_at=3, interrupt=interrupt), log=log)
     db, out = tune.files(dirs["results_dir"], "rotten_tomatoes", "tiny-bert", "lora")
     assert db.is_file() and not out.is_file()
     again = FakeRuns(val=lambda lr: lr)
