@@ -74,13 +74,15 @@ class Costs:
         return statistics.median(seen) if seen else None
 
     def run(self, task: str, label: str, cfg: dict, budget: str) -> tuple[float | None, float | None]:
-        """(expected seconds, at-most seconds) of one run; None where nothing was recorded."""
+        """(expected seconds, at-most seconds) of one run; None where nothing was recorded (an until-plateau run
+        expects what its finished seeds took: None before one has finished)."""
         rate, cap = self.seconds_per_step(task, label), self.planned_steps(task, cfg)
         if rate is None or cap is None:
             return None, None
-        done = self.finished.get((task, label, budget))
-        typical = statistics.mean(done) if done and int(cfg.get("patience", 0) or 0) else cap
-        return rate * typical, rate * cap
+        if not int(cfg.get("patience", 0) or 0):
+            return rate * cap, rate * cap
+        done = self.finished.get((task, label, budget))  # until-plateau: its finished seeds, else only the cap
+        return (rate * statistics.mean(done) if done else None), rate * cap
 
     def search(self, task: str, label: str, trials: int, trial_cfg: dict) -> float | None:
         """At most: every trial to its budget."""
@@ -93,18 +95,22 @@ def hours(seconds: float) -> str:
 
 
 def summary(parts: list[tuple[str, list[tuple[float | None, float | None]]]], workers: int) -> str:
-    """One line per part (name, [(expected, at most) seconds per item]) and the wall time at ``workers``."""
+    """One line per part (name, [(expected, at most) seconds per item]) and the wall time at ``workers``. An
+    item with a bound and no expectation (an until-plateau run none of whose seeds has finished) counts at
+    its bound, and the line says how many did."""
     lines, total_exp, total_max = [], 0.0, 0.0
     for name, items in parts:
         if not items:
             continue
-        known = [(e, m) for e, m in items if e is not None]
-        exp, most = sum(e for e, _ in known), sum(m for _, m in known)
+        exp = sum(e if e is not None else m for e, m in items if m is not None)
+        most = sum(m for _, m in items if m is not None)
         total_exp, total_max = total_exp + exp, total_max + most
-        unknown = len(items) - len(known)
-        bound = f" (at most {hours(most)})" if most > exp * 1.05 else ""
-        lines.append(f"  {len(items)} {name}: about {hours(exp)} of CPU{bound}"
-                     + (f"; {unknown} with no recorded time yet" if unknown else ""))
+        at_cap = sum(e is None and m is not None for e, m in items)
+        unknown = sum(m is None for _, m in items)
+        notes = ([f"at most {hours(most)}"] if most > exp * 1.05 else []) \
+            + ([f"{at_cap} counted at their cap, none of their seeds has finished"] if at_cap else []) \
+            + ([f"{unknown} with no recorded time yet"] if unknown else [])
+        lines.append(f"  {len(items)} {name}: about {hours(exp)} of CPU" + (f" ({'; '.join(notes)})" if notes else ""))
     if lines:
         bound = f" (at most {hours(total_max / workers)})" if total_max > total_exp * 1.05 else ""
         lines.append(f"  with {workers} at a time: about {hours(total_exp / workers)} of wall time{bound}")

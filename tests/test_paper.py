@@ -148,6 +148,8 @@ def test_the_cost_comes_from_recorded_times(tmp_path):
                      "x") == (400.0, 400.0)  # 2 epochs of 10 steps
     plateau = {"epochs": 3, "batch_size": 32, "limit_train_samples": 320, "patience": 2}
     assert costs.run("rotten_tomatoes", "lora", plateau, budget_label(rec["run"])) == (100.0, 600.0)
+    assert costs.run("rotten_tomatoes", "lora", plateau, "no seed finished") == (None, 600.0)
     assert costs.run("rotten_tomatoes", "bitfit", plateau, "x") == (None, None)
-    text = summary([("runs", [(100.0, 600.0), (None, None)])], workers=2)
-    assert "1 with no recorded time" in text and "at most" in text
+    text = summary([("runs", [(100.0, 600.0), (None, 600.0), (None, None)])], workers=2)
+    assert "1 with no recorded time" in text and "1 counted at their cap" in text and "at most" in text
+    assert "about 0.2 h of CPU" in text  # 100 s + 600 s
