@@ -233,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="a submitit parameter, e.g. slurm_partition=gpu gpus_per_node=1 timeout_min=600 (repeatable)")
     ap.add_argument("--part", choices=("all", "fixed", "tuned"), default="all",
                     help="fixed: the runs at the papers' hyperparameters; tuned: the searches and the tuned runs")
+    ap.add_argument("--tasks", default="", help="comma-separated task names: only these tasks' runs (default: all)")
     a = ap.parse_args(argv)
     try:
         seeds = [int(s) for s in a.seeds.split(",") if s.strip()]
@@ -245,6 +246,13 @@ def main(argv: list[str] | None = None) -> int:
     extra = {"progress": "false", **parse_overrides(a.overrides)}
     results_dir = REPO_ROOT / extra.get("results_dir", RunConfig.results_dir)
     tasks = tuple(t for t in PAPER_TASKS if a.part == "all" or t.tuned == (a.part == "tuned"))
+    if a.tasks:
+        wanted = [t.strip() for t in a.tasks.split(",") if t.strip()]
+        known = sorted({t.task for t in PAPER_TASKS})
+        unknown = [t for t in wanted if t not in known]
+        if unknown:
+            raise UserError(f"--tasks: {unknown[0]!r} is not a paper task; paper tasks: {', '.join(known)}")
+        tasks = tuple(t for t in tasks if t.task in wanted)
     costs = Costs(results_dir)
     searches = plan_searches(extra, tasks, costs)
     jobs = plan_jobs(seeds, extra, tasks, costs)
