@@ -122,13 +122,13 @@ def plan_jobs(seeds=SEEDS, extra: dict | None = None, tasks=PAPER_TASKS, costs=N
                     if pt.tuned and _search_status(ov):
                         p = plan({**ov, "hparams": "paper"})  # the plan, checked, with its search to come
                         expected = _expected(p)
-                        job = Job(ov, name + " (tuned)", None, why="after its search (make tune)")
+                        job = Job(ov, name + "/tuned", None, why="after its search (make tune)")
                     else:
                         p = plan(ov)
                         expected = _expected(p)
                         path = result_path(REPO_ROOT / p.run.results_dir, expected)
                         why = staleness(path, expected)
-                        job = Job(ov, name + (" (tuned)" if pt.tuned else ""), path, current=not why, why=why)
+                        job = Job(ov, name + ("/tuned" if pt.tuned else ""), path, current=not why, why=why)
                     if costs is not None:
                         job.cost = costs.run(pt.task, p.run.label, expected["run"]["config"]["run"],
                                              budget_label(expected["run"]))

@@ -128,7 +128,7 @@ def test_the_tuned_budget_waits_for_one_search_per_method_then_runs_apart(tmp_pa
                 if j.overrides["method"] == "lora").current
     jobs = plan(tmp_path, seeds=(0,), tasks=(TUNED,))
     ready = [j for j in jobs if j.path is not None]
-    assert [j.name for j in ready] == ["rotten_tomatoes/lora/seed0 (tuned)"]
+    assert [j.name for j in ready] == ["rotten_tomatoes/lora/seed0/tuned"]
     assert "tuned-plateau3-max3ep" in str(ready[0].path) and ready[0].why == "no results yet"
 
 
