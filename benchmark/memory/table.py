@@ -9,11 +9,12 @@ from benchmark.errors import UserError
 
 COLUMNS = ["method", "variant", "peak_train_bytes", "peak_train_gib", "ratio_to_full", "weights", "grads",
            "optimizer", "activations", "other", "trainable_params", "backbone_storage_bytes", "step_seconds",
-           "step_seconds_min", "peak_source", "cuda_max_allocated", "cuda_max_reserved", "batch_size", "max_length",
+           "step_seconds_min", "peak_source", "tracker_peak_bytes", "allocator_peak_bytes", "allocator_to_tracker",
+           "cuda_max_allocated", "cuda_max_reserved", "batch_size", "max_length",
            "precision", "backbone", "device", "task"]
 PREDICTED_COLUMNS = ["source", "target", "steps", "notes", "error", "sim_seconds"]  # after COLUMNS
 INT_COLUMNS = ["peak_train_bytes", "weights", "grads", "optimizer", "activations", "other", "trainable_params",
-               "backbone_storage_bytes", "cuda_max_allocated", "cuda_max_reserved", "batch_size", "max_length", "steps"]
+               "backbone_storage_bytes", "tracker_peak_bytes", "allocator_peak_bytes", "cuda_max_allocated", "cuda_max_reserved", "batch_size", "max_length", "steps"]
 BREAKDOWN = ("weights", "grads", "optimizer", "activations", "other")
 
 
@@ -82,7 +83,7 @@ def format_table(df) -> str:
     predicted = "source" in df.columns
     gib = lambda b: "" if b is None or (isinstance(b, float) and math.isnan(b)) else f"{b / 2**30:.3f}"  # noqa: E731
     head = ["row", "peak GiB", "ratio to full", *BREAKDOWN, "trainable",
-            *(["notes"] if predicted else ["step s (median)", "step s (min)"])]
+            *(["notes"] if predicted else ["step s (median)", "step s (min)", "allocator GiB", "allocator / tracker"])]
     lines = [" | ".join(head), " | ".join("---" for _ in head)]
     for _, r in df.iterrows():
         if isinstance(r.get("error"), str) and r["error"]:
@@ -93,6 +94,8 @@ def format_table(df) -> str:
         if predicted:
             cells.append(r.get("notes") or "")
         else:
-            cells += [f"{(r['step_seconds'] or 0):.3f}", f"{(r.get('step_seconds_min') or 0):.3f}"]
+            ratio = r.get("allocator_to_tracker")
+            cells += [f"{(r['step_seconds'] or 0):.3f}", f"{(r.get('step_seconds_min') or 0):.3f}",
+                      gib(r.get("allocator_peak_bytes")), "" if ratio is None or ratio != ratio else f"{ratio:.4f}"]
         lines.append(" | ".join(cells))
     return "\n".join(lines)
