@@ -166,11 +166,12 @@ def search_status(overrides: dict[str, str], trials: int = TRIALS) -> str:
     return ""
 
 
-def tune(overrides: dict[str, str], trials: int = TRIALS, executor=None, log=print) -> Path:
+def tune(overrides: dict[str, str], trials: int = TRIALS, executor=None, log=None) -> Path:
     """Run (or resume, or reuse) the search of one (task, backbone, method[@variant]); write and return the
     chosen-values file."""
     import optuna
 
+    log = log or (lambda line: print(line, flush=True))  # a search's log file shows each trial as it ends
     if trials < 1:
         raise UserError(f"--trials {trials}: give at least 1")
     p, settings, db, out = trial_plan(overrides)
