@@ -65,13 +65,19 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {msg}"[:300]
 
 
-def _row_process(overrides: dict[str, str], real_device: str | None) -> int:
-    """A row's own process: its result (or its one-line failure) as one marked JSON line."""
+def _row_process(overrides: dict[str, str], real_device: str | None, largest_under: int | None = None) -> int:
+    """A row's own process: its result (or its one-line failure) as one marked JSON line. ``largest_under``:
+    the largest batch that fits that many bytes (``capacity.py``), every probe cached on disk."""
     try:
         import torch
 
         torch.set_num_threads(1)  # rows run side by side, one per core
-        msg = ("ok", simulate(overrides, fake=real_device is None, device=real_device or "cpu"))
+        if largest_under is not None:
+            from benchmark.memory.capacity import largest_batch_row
+
+            msg = ("ok", largest_batch_row(overrides, largest_under, simulate))
+        else:
+            msg = ("ok", simulate(overrides, fake=real_device is None, device=real_device or "cpu"))
     except BaseException as exc:  # noqa: BLE001 - a row's failure is data, reported as one line
         traceback.print_exc()
         msg = ("failed", _one_line(exc))
@@ -87,14 +93,16 @@ def _died(d) -> tuple[str, str]:
 
 
 def run_rows(jobs_list: list[tuple[object, dict[str, str], str | None]], jobs: int = 2,
-             progress=None) -> dict[object, tuple[str, object]]:
+             progress=None, largest_under: int | None = None) -> dict[object, tuple[str, object]]:
     """Run ``(key, overrides, real_device)`` rows in fresh processes, ``jobs`` at a time; returns
-    key -> ("ok", row) or ("failed", one-line reason). A crashed process fails only its own row."""
+    key -> ("ok", row) or ("failed", one-line reason). A crashed process fails only its own row.
+    ``largest_under``: each row answers the largest batch that fits that many bytes instead."""
     from benchmark import jobs as runner
 
     todo = []
     for key, overrides, real in jobs_list:
         argv = [sys.executable, "-m", "benchmark.memory.predict", "--one", *(["--device", real] if real else []),
+                *(["--largest-under", str(largest_under)] if largest_under is not None else []),
                 *(f"{k}={v}" for k, v in overrides.items())]
         todo.append(runner.Job(str(key), argv, data=(key, real)))
     out = {}
@@ -196,11 +204,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="predict docs/memory.md's H100 reference runs (T5-base encoder-decoder) beside them")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # a row's own process
     parser.add_argument("--device", default=None, help=argparse.SUPPRESS)  # with --one: run for real there
+    parser.add_argument("--largest-under", type=int, default=None, help=argparse.SUPPRESS)  # with --one
     args = parser.parse_args(argv)
     quiet()
     overrides = parse_overrides(args.overrides)
     if args.one:
-        return _row_process(overrides, args.device)
+        return _row_process(overrides, args.device, args.largest_under)
     opts = {k: overrides.pop(k) for k in CLI_KEYS if k in overrides}
     methods = opts.get("methods", "").replace(",", " ").split() or None
     if args.compare_cuda:
