@@ -22,8 +22,8 @@ What a prediction is, exactly:
   fused memory-efficient SDPA kernel (CPU's math path saves the [B, H, L, L] weights), AdamW's foreach
   update. A fake CUDA *device* cannot
   run autograd on a CPU-only torch build (the autograd engine needs a CUDA device guard and accelerator
-  hooks), so autocast (``precision=bf16-mixed``) follows CPU rules, which keep softmax,
-  layer norm, pow, sum ... in bf16 where CUDA autocast runs them in fp32. Calibrated against
+  hooks), so autocast (``precision=bf16-mixed``) runs CPU's autocast with CUDA's cast policy
+  (``autocast.py``: softmax, layer norm, pow, sum, the losses ... in fp32, as on CUDA). Calibrated against
   the H100 figures of docs/memory.md (T5-base encoder-decoder, batch 100): full fine-tuning 0.92-0.97, LoRA
   0.93, frozen forward 0.98 of ``max_memory_allocated`` (CPU kernels: 1.21-1.33); kernel workspaces
   (cuBLAS, SDPA backward) and allocator rounding are not tensors and are not counted.

@@ -12,6 +12,7 @@ COLUMNS = ["method", "variant", "peak_train_bytes", "peak_train_gib", "ratio_to_
            "step_seconds_min", "peak_source", "tracker_peak_bytes", "allocator_peak_bytes", "allocator_to_tracker",
            "cuda_max_allocated", "cuda_max_reserved", "batch_size", "max_length",
            "precision", "backbone", "device", "task"]
+MEASURED_ONLY = ["tracker_peak_bytes", "allocator_peak_bytes", "allocator_to_tracker"]  # make memory's two instruments
 PREDICTED_COLUMNS = ["source", "target", "steps", "notes", "error", "sim_seconds"]  # after COLUMNS
 INT_COLUMNS = ["peak_train_bytes", "weights", "grads", "optimizer", "activations", "other", "trainable_params",
                "backbone_storage_bytes", "tracker_peak_bytes", "allocator_peak_bytes", "cuda_max_allocated", "cuda_max_reserved", "batch_size", "max_length", "steps"]
