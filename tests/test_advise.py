@@ -80,8 +80,9 @@ def test_advise_lists_the_largest_batch_and_flags_tight_rows_and_a_second_call_i
     monkeypatch.setenv("METL_CACHE", str(tmp_path / "cache"))
     peaks = {name: int((i + 1.5) * GIB) for i, name in enumerate(METHODS)}
     peaks[next(iter(METHODS))] = int(3.8 * GIB)  # tight under 4 GiB
-    pd.DataFrame([{"method": m, "variant": m, "peak_train_bytes": b, "batch_size": 8, "max_length": 16,
-                   "precision": "32-true", "backbone": "minilm", "error": None} for m, b in peaks.items()]) \
+    pd.DataFrame([{"method": m, "variant": m, "peak_train_bytes": b - GIB // 4, "nvidia_smi_bytes": b,
+                   "batch_size": 8, "max_length": 16, "precision": "32-true", "backbone": "minilm", "error": None}
+                  for m, b in peaks.items()]) \
         .to_csv(tmp_path / "memory_predicted.csv", index=False)
     calls = []
 
@@ -96,6 +97,15 @@ def test_advise_lists_the_largest_batch_and_flags_tight_rows_and_a_second_call_i
     assert all(out[m]["largest"] == 8 * 4 * GIB // peaks[m] for m in METHODS)
     assert [m for m, r in out.items() if r["tight"]] == [next(iter(METHODS))]
     printed = capsys.readouterr().out
-    assert "largest batch" in printed and "yes, tight" in printed
+    assert "largest batch" in printed and "yes, tight" in printed and "nvidia-smi" in printed
     again = {r["method"]: r["largest"] for r in advise("4GiB", "minilm", 8, 16, results_dir=tmp_path)}
     assert calls == [list(METHODS)] and again == {m: r["largest"] for m, r in out.items()}  # from the cache
+
+
+def test_fits_is_decided_on_what_nvidia_smi_would_show(tmp_path):
+    """Allocated 3.7 GiB fits 4 GiB; reserved plus the CUDA context, 4.2 GiB, does not: the row does not fit."""
+    pd.DataFrame([{"method": "lora", "variant": "lora", "peak_train_bytes": int(3.7 * GIB),
+                   "nvidia_smi_bytes": int(4.2 * GIB), "batch_size": 8, "max_length": 16, "precision": "32-true",
+                   "backbone": "minilm", "error": None}]).to_csv(tmp_path / "memory_predicted.csv", index=False)
+    (row,) = advise("4GiB", "minilm", 8, 16, results_dir=tmp_path, largest=False)
+    assert not row["fits"] and row["shown_bytes"] == int(4.2 * GIB)

@@ -130,3 +130,38 @@ def test_a_bf16_cuda_prediction_holds_what_cuda_autocast_keeps_in_fp32(monkeypat
     monkeypatch.setattr(autocast, "cuda_policy", nullcontext)
     without = simulate(row)["peak_train_bytes"]
     assert with_policy > without
+
+
+# --- max_memory_reserved: CUDA's caching allocator replayed (benchmark/memory/caching.py) --------------------
+MIB = 2**20
+
+
+def test_the_caching_allocator_model_follows_the_documented_rules():
+    from benchmark.memory.caching import CachingAllocatorModel
+
+    m = CachingAllocatorModel()
+    m.alloc("a", 1000)  # rounded to 1,024 B; small pool: a 2 MiB segment
+    assert (m.allocated, m.reserved) == (1024, 2 * MIB)
+    m.alloc("b", 3000)  # split off the same segment
+    assert (m.allocated, m.reserved) == (1024 + 3072, 2 * MIB)
+    for k in "cdef":  # large requests under 10 MiB: one 20 MiB segment, split while more than 1 MiB is left
+        m.alloc(k, 5 * MIB)
+    assert m.reserved == 22 * MIB and m.allocated == 4096 + 20 * MIB
+    m.free("d"), m.free("e")  # neighbours: merged into one free 10 MiB block
+    m.alloc("g", 9 * MIB)  # best fit: the 10 MiB block; 1 MiB left is not split off (it must exceed 1 MiB)
+    assert m.reserved == 22 * MIB and m.allocated == 4096 + 10 * MIB + 10 * MIB
+    m.alloc("h", 12 * MIB + 1)  # 10 MiB and more: its own segment, rounded up to 2 MiB
+    assert m.reserved == 22 * MIB + 14 * MIB
+    m.free("h")
+    m.alloc("i", 13 * MIB)  # the cached 14 MiB block is reused: nothing new reserved
+    assert m.reserved == m.peak_reserved == 36 * MIB
+    assert m.peak_allocated == 4096 + 20 * MIB + 14 * MIB
+
+
+def test_a_prediction_reports_what_cuda_would_reserve_and_nvidia_smi_show():
+    from benchmark.memory.caching import CUDA_CONTEXT_BYTES
+
+    row = simulate({**TINY, "backbone": "tiny-bert", "method": "lora", "target": "cuda"})
+    assert row["peak_train_bytes"] <= row["predicted_allocated_bytes"] <= row["predicted_reserved_bytes"]
+    assert row["predicted_reserved_bytes"] % (2 * MIB) == 0
+    assert row["nvidia_smi_bytes"] == row["predicted_reserved_bytes"] + CUDA_CONTEXT_BYTES

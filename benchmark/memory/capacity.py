@@ -141,7 +141,7 @@ def largest_batch_row(overrides: dict[str, str], budget: int, simulate, cache: P
 
     def peak_at(b: int) -> int:
         rows[b] = cache.get({**overrides, "batch_size": str(b)}, simulate)
-        return int(rows[b]["peak_train_bytes"])
+        return int(rows[b].get("nvidia_smi_bytes") or rows[b]["peak_train_bytes"])  # what nvidia-smi would show
 
     first = int(overrides.get("batch_size", "8") or 8)
     best, probes = largest_batch(peak_at, budget, first=first)

@@ -166,7 +166,8 @@ def compare_cuda(overrides: dict[str, str], methods: list[str] | None = None) ->
         jobs_list += [((label, "predicted"), o, None), ((label, "measured"), o, "cuda")]
     results = run_rows(jobs_list, jobs=1, progress=lambda s: print(s, file=sys.stderr, flush=True))
     head = ["row", "predicted GiB", "measured GiB (max allocated)", "predicted / measured",
-            "tracker on cuda GiB", "max reserved GiB"]
+            "predicted reserved GiB", "measured max reserved GiB", "predicted / measured (reserved)",
+            "tracker on cuda GiB"]
     lines = [" | ".join(head), " | ".join("---" for _ in head)]
     bad = 0
     for label, _, _ in rows:
@@ -174,11 +175,14 @@ def compare_cuda(overrides: dict[str, str], methods: list[str] | None = None) ->
         pred = pv["peak_train_bytes"] if ps == "ok" else None
         meas = mv["cuda_max_allocated"] if ms == "ok" else None
         bad += pred is None or meas is None
+        pres = pv["predicted_reserved_bytes"] if ps == "ok" else None
+        mres = mv["cuda_max_reserved"] if ms == "ok" else None
         cells = [label, f"{pred / 2**30:.3f}" if pred else f"failed: {pv}",
                  f"{meas / 2**30:.3f}" if meas else f"failed: {mv}",
                  f"{pred / meas:.3f}" if pred and meas else "",
-                 f"{mv['peak_train_bytes'] / 2**30:.3f}" if ms == "ok" else "",
-                 f"{mv['cuda_max_reserved'] / 2**30:.3f}" if ms == "ok" else ""]
+                 f"{pres / 2**30:.3f}" if pres else "", f"{mres / 2**30:.3f}" if mres else "",
+                 f"{pres / mres:.3f}" if pres and mres else "",
+                 f"{mv['peak_train_bytes'] / 2**30:.3f}" if ms == "ok" else ""]
         lines.append(" | ".join(cells))
     print("\n".join(lines))
     first = next((v for s, v in results.values() if s == "ok"), None)
