@@ -17,6 +17,8 @@ from pathlib import Path
 
 from benchmark.cli import OverridesParser, entry_point, quiet
 from benchmark.errors import UserError
+from benchmark.memory.caching import CUDA_CONTEXT_BYTES
+from benchmark.memory.capacity import TIGHT, is_tight
 
 UNITS = {"b": 1, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "kb": 10**3, "mb": 10**6, "gb": 10**9,
          "tb": 10**12}
@@ -88,8 +90,40 @@ def accuracy(task: str, backbone: str, results_dir: Path) -> dict[str, tuple[flo
     return out
 
 
+def _shown(row) -> float:
+    """What nvidia-smi would show for a predicted row: reserved plus the CUDA context; a table from before
+    the reserved column gives its allocated peak plus the context."""
+    smi = row.get("nvidia_smi_bytes")
+    if smi is not None and not (isinstance(smi, float) and math.isnan(smi)):
+        return smi
+    return row["peak_train_bytes"] + CUDA_CONTEXT_BYTES
+
+
+def largest_batches(limit: int, backbone: str, batch: int, length: int, precision: str) -> dict[str, dict]:
+    """Method name -> its largest batch under ``limit`` at ``length`` (``memory/capacity.py``), every method's
+    default configuration in its own process, probes cached on disk (a second call simulates nothing)."""
+    from benchmark.memory.capacity import PredictionCache, default_cache_folder
+    from methods import METHODS
+
+    cache = PredictionCache(default_cache_folder())
+    question = {name: {"method": name, "backbone": backbone, "batch_size": str(batch), "max_length": str(length),
+                       "precision": precision} for name in METHODS}
+    answers = {name: cache.peek({**ov, "largest_under": str(limit)}) for name, ov in question.items()}
+    todo = [(name, ov, None) for name, ov in question.items() if answers[name] is None]
+    if todo:  # answered before: no process at all
+        from benchmark.memory.predict import run_rows
+
+        out = run_rows(todo, jobs=2, largest_under=limit, progress=lambda s: print(
+            s.replace("predicting", "largest batch of"), file=sys.stderr, flush=True))
+        for name, (status, value) in out.items():
+            if status == "ok":
+                answers[name] = value
+                cache.put({**question[name], "largest_under": str(limit)}, value)
+    return {name: a for name, a in answers.items() if a is not None}
+
+
 def advise(budget: str, backbone: str, batch: int, length: int, task: str = "", precision: str = "32-true",
-           results_dir: str | Path = "results") -> list[dict]:
+           results_dir: str | Path = "results", largest: bool = True) -> list[dict]:
     limit = parse_budget(budget)
     results_dir = Path(results_dir)
     if task:
@@ -98,13 +132,16 @@ def advise(budget: str, backbone: str, batch: int, length: int, task: str = "", 
         TASKS.card(task)  # an unknown name fails here, in one line (no task code imported)
     pred, source = predicted(backbone, batch, length, precision, results_dir)
     acc = accuracy(task, backbone, results_dir)
+    biggest = largest_batches(limit, backbone, batch, length, precision) if largest else {}
     rows = []
     for _, r in pred.iterrows():
         label = _label(str(r["method"]), str(r["variant"]) if isinstance(r["variant"], str) else "")
-        peak = r["peak_train_bytes"]
+        peak, shown = r["peak_train_bytes"], _shown(r)
         ok = isinstance(peak, (int, float)) and not math.isnan(peak)
         mean, std, n = acc.get(label, (math.nan, math.nan, 0))
-        rows.append({"method": label, "peak_bytes": int(peak) if ok else None, "fits": ok and peak <= limit,
+        rows.append({"method": label, "peak_bytes": int(peak) if ok else None,
+                     "shown_bytes": int(shown) if ok else None, "fits": ok and shown <= limit,
+                     "tight": ok and is_tight(int(shown), limit), "largest": biggest.get(label, {}).get("largest_batch"),
                      "mean": mean, "std": std, "n": n, "error": "" if ok else str(r.get("error", "failed"))})
     fitting = [r for r in rows if r["fits"] and not math.isnan(r["mean"])]
     for r in rows:
@@ -116,14 +153,23 @@ def advise(budget: str, backbone: str, batch: int, length: int, task: str = "", 
     gib = limit / 2**30
     print(f"budget {gib:.2f} GiB; {backbone}, batch {batch}, length {length}, {precision}; peaks predicted on fake "
           f"tensors ({source}); accuracy: {f'{task} test score, mean ± std (n seeds), on {backbone}' if task else 'no TASK given'}")
-    print(f"{'':1} {'method':36} {'peak GiB':>9} {'fits':>5}  accuracy")
+    print(f"fits: the predicted max_memory_reserved plus {CUDA_CONTEXT_BYTES / 2**20:.0f} MiB of CUDA context "
+          f"(an estimate), what nvidia-smi would show, within the budget")
+    print(f"{'':1} {'method':36} {'peak GiB':>9} {'nvidia-smi':>10} {'fits':>10} {'largest batch':>13}  accuracy")
     for r in rows:
         peak = f"{r['peak_bytes'] / 2**30:.2f}" if r["peak_bytes"] is not None else "failed"
+        smi = f"{r['shown_bytes'] / 2**30:.2f}" if r["shown_bytes"] is not None else ""
         score = f"{r['mean']:.2f} ± {r['std']:.2f} ({r['n']})" if not math.isnan(r["mean"]) else "-"
         if r["n"] == 1:
             score = f"{r['mean']:.2f} (1)"
-        print(f"{'*' if r['pareto'] else ' ':1} {r['method']:36} {peak:>9} {'yes' if r['fits'] else 'no':>5}  {score}"
+        fits = ("yes, tight" if r["tight"] else "yes") if r["fits"] else "no"
+        big = "" if r["largest"] is None else str(r["largest"])
+        print(f"{'*' if r['pareto'] else ' ':1} {r['method']:36} {peak:>9} {smi:>10} {fits:>10} {big:>13}  {score}"
               + (f"  {r['error']}" if r["error"] else ""))
+    if biggest:
+        print(f"largest batch: the largest batch of each method's default configuration predicted to fit "
+              f"{gib:.2f} GiB (as nvidia-smi shows it) at length {length}; tight: at batch {batch} it is "
+              f"within {TIGHT:.0%} below the budget")
     best = next((r for r in rows if r["fits"] and not math.isnan(r["mean"])), None)
     if best:
         print(f"best that fits: {best['method']}")

@@ -179,6 +179,9 @@ def memory_command(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="", help="csv path (default results/memory.csv for the default task, "
                                               "results/memory-<task>.csv for another)")
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--instrument", default="tracker", choices=("tracker", "allocator"), help=argparse.SUPPRESS)
+    p.add_argument("--only", default="", choices=("", "allocator"),
+                   help="allocator: only the allocator passes, added to the rows of the existing --out table")
     args = p.parse_args(argv)
     quiet()
     from benchmark.config import parse_overrides
@@ -186,14 +189,15 @@ def memory_command(argv: list[str] | None = None) -> int:
 
     overrides = parse_overrides(args.overrides)
     if args.one:
-        measure_one(overrides)
+        measure_one(overrides, instrument=args.instrument)
         return 0
     from tasks import default_task
 
     default = default_task().name
     task = overrides.get("task", default)
     out = args.out or ("results/memory.csv" if task == default else f"results/memory-{task}.csv")
-    return measure_all(overrides, methods=args.methods.split() if args.methods else None, out=out)
+    return measure_all(overrides, methods=args.methods.split() if args.methods else None, out=out,
+                       only=args.only)
 
 
 def command(name: str):

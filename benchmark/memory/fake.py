@@ -194,6 +194,8 @@ def target_choices(target: str, fake: bool):
     if not fake or target != "cuda":
         yield
         return
-    with _cuda_kernels():
+    from benchmark.memory.autocast import cuda_policy
+
+    with _cuda_kernels(), cuda_policy():  # the policy acts only inside torch.autocast (precision=bf16-mixed)
         yield
 

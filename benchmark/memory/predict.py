@@ -22,8 +22,8 @@ What a prediction is, exactly:
   fused memory-efficient SDPA kernel (CPU's math path saves the [B, H, L, L] weights), AdamW's foreach
   update. A fake CUDA *device* cannot
   run autograd on a CPU-only torch build (the autograd engine needs a CUDA device guard and accelerator
-  hooks), so autocast (``precision=bf16-mixed``) follows CPU rules, which keep softmax,
-  layer norm, pow, sum ... in bf16 where CUDA autocast runs them in fp32. Calibrated against
+  hooks), so autocast (``precision=bf16-mixed``) runs CPU's autocast with CUDA's cast policy
+  (``autocast.py``: softmax, layer norm, pow, sum, the losses ... in fp32, as on CUDA). Calibrated against
   the H100 figures of docs/memory.md (T5-base encoder-decoder, batch 100): full fine-tuning 0.92-0.97, LoRA
   0.93, frozen forward 0.98 of ``max_memory_allocated`` (CPU kernels: 1.21-1.33); kernel workspaces
   (cuBLAS, SDPA backward) and allocator rounding are not tensors and are not counted.
@@ -65,13 +65,19 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {msg}"[:300]
 
 
-def _row_process(overrides: dict[str, str], real_device: str | None) -> int:
-    """A row's own process: its result (or its one-line failure) as one marked JSON line."""
+def _row_process(overrides: dict[str, str], real_device: str | None, largest_under: int | None = None) -> int:
+    """A row's own process: its result (or its one-line failure) as one marked JSON line. ``largest_under``:
+    the largest batch that fits that many bytes (``capacity.py``), every probe cached on disk."""
     try:
         import torch
 
         torch.set_num_threads(1)  # rows run side by side, one per core
-        msg = ("ok", simulate(overrides, fake=real_device is None, device=real_device or "cpu"))
+        if largest_under is not None:
+            from benchmark.memory.capacity import largest_batch_row
+
+            msg = ("ok", largest_batch_row(overrides, largest_under, simulate))
+        else:
+            msg = ("ok", simulate(overrides, fake=real_device is None, device=real_device or "cpu"))
     except BaseException as exc:  # noqa: BLE001 - a row's failure is data, reported as one line
         traceback.print_exc()
         msg = ("failed", _one_line(exc))
@@ -87,14 +93,16 @@ def _died(d) -> tuple[str, str]:
 
 
 def run_rows(jobs_list: list[tuple[object, dict[str, str], str | None]], jobs: int = 2,
-             progress=None) -> dict[object, tuple[str, object]]:
+             progress=None, largest_under: int | None = None) -> dict[object, tuple[str, object]]:
     """Run ``(key, overrides, real_device)`` rows in fresh processes, ``jobs`` at a time; returns
-    key -> ("ok", row) or ("failed", one-line reason). A crashed process fails only its own row."""
+    key -> ("ok", row) or ("failed", one-line reason). A crashed process fails only its own row.
+    ``largest_under``: each row answers the largest batch that fits that many bytes instead."""
     from benchmark import jobs as runner
 
     todo = []
     for key, overrides, real in jobs_list:
         argv = [sys.executable, "-m", "benchmark.memory.predict", "--one", *(["--device", real] if real else []),
+                *(["--largest-under", str(largest_under)] if largest_under is not None else []),
                 *(f"{k}={v}" for k, v in overrides.items())]
         todo.append(runner.Job(str(key), argv, data=(key, real)))
     out = {}
@@ -158,7 +166,8 @@ def compare_cuda(overrides: dict[str, str], methods: list[str] | None = None) ->
         jobs_list += [((label, "predicted"), o, None), ((label, "measured"), o, "cuda")]
     results = run_rows(jobs_list, jobs=1, progress=lambda s: print(s, file=sys.stderr, flush=True))
     head = ["row", "predicted GiB", "measured GiB (max allocated)", "predicted / measured",
-            "tracker on cuda GiB", "max reserved GiB"]
+            "predicted reserved GiB", "measured max reserved GiB", "predicted / measured (reserved)",
+            "tracker on cuda GiB"]
     lines = [" | ".join(head), " | ".join("---" for _ in head)]
     bad = 0
     for label, _, _ in rows:
@@ -166,11 +175,14 @@ def compare_cuda(overrides: dict[str, str], methods: list[str] | None = None) ->
         pred = pv["peak_train_bytes"] if ps == "ok" else None
         meas = mv["cuda_max_allocated"] if ms == "ok" else None
         bad += pred is None or meas is None
+        pres = pv["predicted_reserved_bytes"] if ps == "ok" else None
+        mres = mv["cuda_max_reserved"] if ms == "ok" else None
         cells = [label, f"{pred / 2**30:.3f}" if pred else f"failed: {pv}",
                  f"{meas / 2**30:.3f}" if meas else f"failed: {mv}",
                  f"{pred / meas:.3f}" if pred and meas else "",
-                 f"{mv['peak_train_bytes'] / 2**30:.3f}" if ms == "ok" else "",
-                 f"{mv['cuda_max_reserved'] / 2**30:.3f}" if ms == "ok" else ""]
+                 f"{pres / 2**30:.3f}" if pres else "", f"{mres / 2**30:.3f}" if mres else "",
+                 f"{pres / mres:.3f}" if pres and mres else "",
+                 f"{mv['peak_train_bytes'] / 2**30:.3f}" if ms == "ok" else ""]
         lines.append(" | ".join(cells))
     print("\n".join(lines))
     first = next((v for s, v in results.values() if s == "ok"), None)
@@ -196,11 +208,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="predict docs/memory.md's H100 reference runs (T5-base encoder-decoder) beside them")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # a row's own process
     parser.add_argument("--device", default=None, help=argparse.SUPPRESS)  # with --one: run for real there
+    parser.add_argument("--largest-under", type=int, default=None, help=argparse.SUPPRESS)  # with --one
     args = parser.parse_args(argv)
     quiet()
     overrides = parse_overrides(args.overrides)
     if args.one:
-        return _row_process(overrides, args.device)
+        return _row_process(overrides, args.device, args.largest_under)
     opts = {k: overrides.pop(k) for k in CLI_KEYS if k in overrides}
     methods = opts.get("methods", "").replace(",", " ").split() or None
     if args.compare_cuda:

@@ -17,6 +17,7 @@ from contextlib import ExitStack, nullcontext
 from benchmark.errors import UserError
 from benchmark.memory.architecture import backbone_config, build_backbone
 from benchmark.memory.fake import data_dependent_policy, swappable_params, target_choices
+from benchmark.memory.caching import CUDA_CONTEXT_BYTES, CachingAllocatorModel
 from benchmark.memory.storage import unique_storage_bytes
 
 DEFAULTS = {"backbone": "t5-base", "batch_size": "100", "max_length": "128",
@@ -128,6 +129,8 @@ def simulate(overrides: dict[str, str], fake: bool = True, device: str = "cpu") 
             torch.cuda.reset_peak_memory_stats()
         tracker = MemoryTracker(module, device="cuda" if cuda else None)
         tracker.attach_optimizer(opt)
+        caching = CachingAllocatorModel()  # what CUDA's caching allocator would reserve for these tensors
+        tracker.listener = caching.event
         autocast = (lambda: torch.autocast(torch.device(device).type, dtype=torch.bfloat16)) \
             if r.precision == "bf16-mixed" else nullcontext
         with tracker:
@@ -159,6 +162,8 @@ def simulate(overrides: dict[str, str], fake: bool = True, device: str = "cpu") 
             "backbone_storage_bytes": counts["backbone_storage_bytes"], "step_seconds": None,
             "step_seconds_min": None,
             "peak_source": "tracker",
+            "predicted_allocated_bytes": caching.peak_allocated, "predicted_reserved_bytes": caching.peak_reserved,
+            "nvidia_smi_bytes": caching.peak_reserved + CUDA_CONTEXT_BYTES,
             "cuda_max_allocated": torch.cuda.max_memory_allocated() if cuda else None,
             "cuda_max_reserved": torch.cuda.max_memory_reserved() if cuda else None,
             "batch_size": r.batch_size, "max_length": r.max_length, "precision": r.precision, "backbone": label,

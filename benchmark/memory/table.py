@@ -9,11 +9,14 @@ from benchmark.errors import UserError
 
 COLUMNS = ["method", "variant", "peak_train_bytes", "peak_train_gib", "ratio_to_full", "weights", "grads",
            "optimizer", "activations", "other", "trainable_params", "backbone_storage_bytes", "step_seconds",
-           "step_seconds_min", "peak_source", "cuda_max_allocated", "cuda_max_reserved", "batch_size", "max_length",
+           "step_seconds_min", "peak_source", "tracker_peak_bytes", "allocator_peak_bytes", "allocator_to_tracker",
+           "cuda_max_allocated", "cuda_max_reserved", "batch_size", "max_length",
            "precision", "backbone", "device", "task"]
-PREDICTED_COLUMNS = ["source", "target", "steps", "notes", "error", "sim_seconds"]  # after COLUMNS
+MEASURED_ONLY = ["tracker_peak_bytes", "allocator_peak_bytes", "allocator_to_tracker"]  # make memory's two instruments
+PREDICTED_COLUMNS = ["predicted_allocated_bytes", "predicted_reserved_bytes", "nvidia_smi_bytes", "source", "target", "steps", "notes", "error", "sim_seconds"]  # after COLUMNS
 INT_COLUMNS = ["peak_train_bytes", "weights", "grads", "optimizer", "activations", "other", "trainable_params",
-               "backbone_storage_bytes", "cuda_max_allocated", "cuda_max_reserved", "batch_size", "max_length", "steps"]
+               "backbone_storage_bytes", "tracker_peak_bytes", "allocator_peak_bytes", "cuda_max_allocated", "cuda_max_reserved", "batch_size", "max_length", "steps",
+               "predicted_allocated_bytes", "predicted_reserved_bytes", "nvidia_smi_bytes"]
 BREAKDOWN = ("weights", "grads", "optimizer", "activations", "other")
 
 
@@ -82,7 +85,7 @@ def format_table(df) -> str:
     predicted = "source" in df.columns
     gib = lambda b: "" if b is None or (isinstance(b, float) and math.isnan(b)) else f"{b / 2**30:.3f}"  # noqa: E731
     head = ["row", "peak GiB", "ratio to full", *BREAKDOWN, "trainable",
-            *(["notes"] if predicted else ["step s (median)", "step s (min)"])]
+            *(["reserved GiB", "nvidia-smi GiB", "notes"] if predicted else ["step s (median)", "step s (min)", "allocator GiB", "allocator / tracker"])]
     lines = [" | ".join(head), " | ".join("---" for _ in head)]
     for _, r in df.iterrows():
         if isinstance(r.get("error"), str) and r["error"]:
@@ -91,8 +94,10 @@ def format_table(df) -> str:
         cells = [r["variant"], gib(r["peak_train_bytes"]), f"{r['ratio_to_full']:.2f}",
                  *(gib(r.get(k, 0) or 0) for k in BREAKDOWN), f"{int(r['trainable_params']):,}"]
         if predicted:
-            cells.append(r.get("notes") or "")
+            cells += [gib(r.get("predicted_reserved_bytes")), gib(r.get("nvidia_smi_bytes")), r.get("notes") or ""]
         else:
-            cells += [f"{(r['step_seconds'] or 0):.3f}", f"{(r.get('step_seconds_min') or 0):.3f}"]
+            ratio = r.get("allocator_to_tracker")
+            cells += [f"{(r['step_seconds'] or 0):.3f}", f"{(r.get('step_seconds_min') or 0):.3f}",
+                      gib(r.get("allocator_peak_bytes")), "" if ratio is None or ratio != ratio else f"{ratio:.4f}"]
         lines.append(" | ".join(cells))
     return "\n".join(lines)

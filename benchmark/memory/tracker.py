@@ -85,6 +85,9 @@ class MemoryTracker:
         self._handles: list[Any] = []
         self._fwd_depth = 0
         self._in_update = False  # inside optimizer.step, outside its closure
+        # called with (storage key, +bytes) when a storage is counted, (key, -bytes) when it is freed: e.g. a
+        # model of CUDA's caching allocator (caching.py) replaying a prediction's allocations
+        self.listener = None
         if optimizer is not None:
             self.attach_optimizer(optimizer)
 
@@ -303,6 +306,8 @@ class MemoryTracker:
                 self._live[rec.cat] += n - rec.nbytes
                 self._total += n - rec.nbytes
                 rec.nbytes = n
+                if self.listener is not None:
+                    self.listener(key, n)
             if force and cat is not None and rec.cat != cat:
                 self._live[rec.cat] -= rec.nbytes
                 self._live[cat] += rec.nbytes
@@ -327,6 +332,8 @@ class MemoryTracker:
         self._recs[key] = rec
         self._live[cat] += n
         self._total += n
+        if self.listener is not None:
+            self.listener(key, n)
 
     def _freed(self, rec: _Storage) -> None:
         # weakref callback: may run at any point, so only a few integer updates
@@ -334,6 +341,8 @@ class MemoryTracker:
             del self._recs[rec.key]
         self._live[rec.cat] -= rec.nbytes
         self._total -= rec.nbytes
+        if self.listener is not None:
+            self.listener(rec.key, -rec.nbytes)
 
     def _update_peak(self) -> None:
         if self._total > self._peak:
