@@ -165,3 +165,17 @@ def test_a_prediction_reports_what_cuda_would_reserve_and_nvidia_smi_show():
     assert row["peak_train_bytes"] <= row["predicted_allocated_bytes"] <= row["predicted_reserved_bytes"]
     assert row["predicted_reserved_bytes"] % (2 * MIB) == 0
     assert row["nvidia_smi_bytes"] == row["predicted_reserved_bytes"] + CUDA_CONTEXT_BYTES
+
+
+def test_calibrate_predicts_the_reference_model_at_other_shapes_and_refuses_bad_ones(capsys):
+    """The seq2seq reference (T5-base, LoRA r=32) at a small shape: a longer target holds more; reserved is
+    at least the allocated peak; a bad option is one line, exit 2."""
+    from benchmark.memory.calibrate import _reference_peak
+
+    short = _reference_peak("lora-r32", "cuda", "plain", batch_size=2, max_length=8, target_length=2)
+    long_ = _reference_peak("lora-r32", "cuda", "plain", batch_size=2, max_length=8, target_length=16)
+    assert long_[0] > short[0] and all(r >= a for a, r in (short, long_))
+    assert main(["--calibrate", "precision=fp16"]) == 2
+    assert main(["--calibrate", "target_length=0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 2 and "precision" in err and "target_length" in err

@@ -6,6 +6,7 @@ import warnings
 from contextlib import ExitStack
 
 from benchmark.memory.architecture import CONFIG_DIR, config_from_json
+from benchmark.memory.caching import CachingAllocatorModel
 from benchmark.memory.fake import swappable_params, target_choices
 
 # docs/memory.md: H100 80GB, T5ForConditionalGeneration from the t5-base config (random init), batch 100,
@@ -14,9 +15,16 @@ from benchmark.memory.fake import swappable_params, target_choices
 REFERENCE_H100 = {"all-weights": 16_328_735_744, "lora-r32": 10_434_619_904, "frozen": 2_187_279_360}
 
 
-def _reference_peak(kind: str, target: str, order: str) -> int:
-    """One reference run (docs/memory.md) under FakeTensorMode; ``order``: ``plain`` (forward, backward, step,
-    zero_grad) or ``lightning`` (zero_grad between forward and backward, inside the step's closure)."""
+REFERENCE_SHAPE = {"batch_size": 100, "max_length": 128, "target_length": 8, "precision": "32-true"}
+
+
+def _reference_peak(kind: str, target: str, order: str, batch_size: int = 100, max_length: int = 128,
+                    target_length: int = 8, precision: str = "32-true") -> tuple[int, int]:
+    """One reference run (docs/memory.md) under FakeTensorMode, at its shape or another one; ``order``:
+    ``plain`` (forward, backward, step, zero_grad) or ``lightning`` (zero_grad between forward and backward,
+    inside the step's closure). Returns (predicted allocated peak, predicted reserved peak)."""
+    from contextlib import nullcontext
+
     import torch
     from torch._subclasses.fake_tensor import FakeTensorMode
     from transformers import T5ForConditionalGeneration
@@ -38,19 +46,23 @@ def _reference_peak(kind: str, target: str, order: str) -> int:
         opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-4,
                                 foreach=target == "cuda")
         tracker = MemoryTracker(model, opt)
+        caching = CachingAllocatorModel()
+        tracker.listener = caching.event
+        autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16-mixed" else nullcontext
         with tracker:
             model.train(kind != "frozen")
             for _ in range(2 if kind == "frozen" else 4):
-                batch = {"input_ids": torch.randint(0, config.vocab_size, (100, 128)),
-                         "attention_mask": torch.ones(100, 128, dtype=torch.long),
-                         "labels": torch.randint(0, config.vocab_size, (100, 8))}
+                batch = {"input_ids": torch.randint(0, config.vocab_size, (batch_size, max_length)),
+                         "attention_mask": torch.ones(batch_size, max_length, dtype=torch.long),
+                         "labels": torch.randint(0, config.vocab_size, (batch_size, target_length))}
                 if kind == "frozen":
-                    with torch.no_grad():
+                    with torch.no_grad(), autocast():
                         model(**batch)
                     continue
 
                 def closure():
-                    loss = model(**batch).loss
+                    with autocast():
+                        loss = model(**batch).loss
                     if order == "lightning":
                         opt.zero_grad()
                     loss.backward()
@@ -59,16 +71,24 @@ def _reference_peak(kind: str, target: str, order: str) -> int:
                 opt.step(closure=closure)
                 if order == "plain":
                     opt.zero_grad()
-    return tracker.peak_bytes
+    return tracker.peak_bytes, caching.peak_reserved
 
 
-def calibrate(target: str = "cuda") -> int:
-    """Predict the H100 reference runs of docs/memory.md and print each prediction beside the measured bytes."""
-    print("run | loop order | predicted bytes | H100 max_memory_allocated | predicted / measured")
-    print("--- | --- | --- | --- | ---")
+def calibrate(target: str = "cuda", **shape) -> int:
+    """Predict the H100 reference runs of docs/memory.md (or the same model at another ``shape``: batch_size,
+    max_length, target_length, precision) and print each prediction beside the measured bytes where the
+    reference has them (its shape only)."""
+    shape = {**REFERENCE_SHAPE, **shape}
+    measured_here = shape == REFERENCE_SHAPE
+    print("run | loop order | predicted bytes | predicted reserved | H100 max_memory_allocated | predicted / measured")
+    print("--- | --- | --- | --- | --- | ---")
     for kind, measured in REFERENCE_H100.items():
         for order in ("plain",) if kind == "frozen" else ("plain", "lightning"):
-            peak = _reference_peak(kind, target, order)
-            print(f"{kind} | {order} | {peak:,} | {measured:,} | {peak / measured:.3f}", flush=True)
-    print(f"\nT5-base encoder-decoder, batch 100, source 128, target 8, fp32, AdamW, 4 steps; target {target}")
+            peak, reserved = _reference_peak(kind, target, order, **shape)
+            ratio = f"{peak / measured:.3f}" if measured_here else "-"
+            print(f"{kind} | {order} | {peak:,} | {reserved:,} | {f'{measured:,}' if measured_here else '-'} | {ratio}",
+                  flush=True)
+    print(f"\nT5-base encoder-decoder, batch {shape['batch_size']}, source {shape['max_length']}, target "
+          f"{shape['target_length']}, {shape['precision']}, AdamW, 4 steps; target {target}"
+          + ("" if measured_here else "; the H100 reference was measured at batch 100, source 128, target 8, fp32 only"))
     return 0

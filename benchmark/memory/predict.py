@@ -30,7 +30,8 @@ What a prediction is, exactly:
   ``target=cpu`` predicts this machine's CPU run (``make memory``'s tracker) exactly.
 
 ``--compare-cuda`` runs the same rows for real on a CUDA device next to their prediction;
-``--calibrate`` predicts the H100 reference runs of docs/memory.md (``calibrate.py``).
+``--calibrate`` predicts the H100 reference runs of docs/memory.md (``calibrate.py``), or the same model at
+another ``batch_size= max_length= target_length= precision=``.
 """
 from __future__ import annotations
 
@@ -221,10 +222,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.calibrate:
         from benchmark.memory.calibrate import calibrate
 
-        target = overrides.get("target", DEFAULTS["target"])
+        target = overrides.pop("target", DEFAULTS["target"])
         if target not in TARGETS:
             raise UserError(f"bad value target={target!r}: must be cuda or cpu")
-        return calibrate(target)
+        shape = {}
+        for key, value in overrides.items():
+            if key == "precision":
+                if value not in ("32-true", "bf16-mixed"):
+                    raise UserError(f"bad value precision={value!r}: --calibrate predicts 32-true or bf16-mixed")
+                shape[key] = value
+            elif key in ("batch_size", "max_length", "target_length"):
+                if not value.isdigit() or int(value) < 1:
+                    raise UserError(f"bad value {key}={value!r}: a whole number >= 1")
+                shape[key] = int(value)
+            else:
+                raise UserError(f"--calibrate takes target= batch_size= max_length= target_length= precision=, "
+                                f"not {key}=")
+        return calibrate(target, **shape)
     jobs = int(opts.get("jobs", min(2, os.cpu_count() or 1)))
     return predict_all(overrides, methods, out=opts.get("out", "results/memory_predicted.csv"), jobs=jobs)
 
