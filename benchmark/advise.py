@@ -59,7 +59,7 @@ def predicted(backbone: str, batch: int, length: int, precision: str, results_di
     print(f"predicting every method at {backbone}, batch {batch}, length {length}, {precision} "
           f"(fake tensors, a few minutes) ...", file=sys.stderr, flush=True)
     proc = subprocess.run([sys.executable, "-m", "benchmark.memory.predict", f"backbone={backbone}", f"batch_size={batch}",
-                           f"max_length={length}", f"precision={precision}", f"out={cached}"],
+                           f"max_length={length}", f"precision={precision}", f"out={cached}", "--cached"],
                           stdout=subprocess.DEVNULL)
     if proc.returncode == 2:
         raise UserError("the prediction refused its input (see the line above)")
@@ -106,8 +106,10 @@ def largest_batches(limit: int, backbone: str, batch: int, length: int, precisio
     from methods import METHODS
 
     cache = PredictionCache(default_cache_folder())
-    question = {name: {"method": name, "backbone": backbone, "batch_size": str(batch), "max_length": str(length),
-                       "precision": precision} for name in METHODS}
+    # the same settings, in the same form, as the table's rows (memory/table.py row_overrides): a probe at the
+    # asked batch is the table's prediction, read from the cache
+    question = {name: {"backbone": backbone, "batch_size": str(batch), "max_length": str(length),
+                       "precision": precision, "method": name, "variant": ""} for name in METHODS}
     answers = {name: cache.peek({**ov, "largest_under": str(limit)}) for name, ov in question.items()}
     todo = [(name, ov, None) for name, ov in question.items() if answers[name] is None]
     if todo:  # answered before: no process at all

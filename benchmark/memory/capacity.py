@@ -26,52 +26,43 @@ def is_tight(peak: int | None, budget: int) -> bool:
 def largest_batch(peak_at: Callable[[int], int], budget: int, first: int = 8,
                   max_batch: int = MAX_BATCH) -> tuple[int, dict[int, int]]:
     """(the largest batch b <= ``max_batch`` with ``peak_at(b) <= budget``, 0 when even 1 does not fit; every
-    probe b -> peak). ``peak_at`` must not decrease with b."""
+    probe b -> peak). ``peak_at`` must not decrease with b. The first probes are ``first`` (the batch asked
+    about, often predicted already) and its double or half."""
     probes: dict[int, int] = {}
+    lo, hi = 0, None  # the largest batch known to fit (0: none yet), the smallest known not to
 
-    def fits(b: int) -> bool:
+    def see(b: int) -> None:
+        nonlocal lo, hi
         if b not in probes:
             probes[b] = peak_at(b)
-        return probes[b] <= budget
-
-    if not fits(1):
-        return 0, probes
-    lo, hi = 1, None  # lo fits; hi, once known, does not
-    first = min(max(2, first), max_batch)
-    if first > 1:
-        if fits(first):
-            lo = first
+        if probes[b] <= budget:
+            lo = max(lo, b)
         else:
-            hi = first
-    # the straight line through the two probes, and the batch where it meets the budget, with its neighbour
-    slope = (probes[first] - probes[1]) / (first - 1) if first > 1 else 0
-    if slope > 0:
-        est = max(1, min(max_batch, int(1 + (budget - probes[1]) / slope)))
-        if (hi is None or est < hi) and est > lo:
-            if fits(est):
-                lo = est
-            else:
-                hi = est
-        near = est + 1 if est == lo else est - 1  # its neighbour across the crossing, if still open
-        if lo < near <= max_batch and (hi is None or near < hi):
-            if fits(near):
-                lo = near
-            else:
-                hi = near
+            hi = b if hi is None else min(hi, b)
+
+    def open_(b: int) -> bool:  # not settled yet
+        return lo < b <= max_batch and (hi is None or b < hi)
+
+    b0 = min(max(1, first), max_batch)
+    see(b0)
+    b1 = min(max_batch, 2 * b0) if hi is None else max(1, b0 // 2)
+    if open_(b1):
+        see(b1)
+    if len(probes) == 2:  # the straight line through them, where it meets the budget, and its neighbour
+        (xa, ya), (xb, yb) = sorted(probes.items())
+        if yb > ya:
+            est = max(1, min(max_batch, int(xa + (budget - ya) * (xb - xa) / (yb - ya))))
+            if open_(est):
+                see(est)
+            near = est + 1 if lo == est else est - 1
+            if near >= 1 and open_(near):
+                see(near)
     while hi is None:  # nothing known to fail yet: double
         if lo >= max_batch:
             return max_batch, probes
-        b = min(max_batch, lo * 2)
-        if fits(b):
-            lo = b
-        else:
-            hi = b
-    while hi - lo > 1:  # bisection
-        mid = (lo + hi) // 2
-        if fits(mid):
-            lo = mid
-        else:
-            hi = mid
+        see(min(max_batch, max(1, 2 * lo)))
+    while hi - lo > 1:  # bisection (from 0: probes 1 when nothing fits)
+        see((lo + hi) // 2)
     return lo, probes
 
 
@@ -80,9 +71,10 @@ def code_version() -> str:
     """A hash of the code a prediction runs: the memory package, the run/module code and every method folder."""
     root = Path(__file__).resolve().parents[2]
     files = sorted([*root.glob("benchmark/memory/*.py"), root / "benchmark/module.py", root / "benchmark/run.py",
-                    *root.glob("benchmark/backbones/**/*.py"), *root.glob("methods/**/*.py")])
+                    root / "benchmark/config.py", *root.glob("benchmark/backbones/**/*"),
+                    *root.glob("methods/**/*.py"), *root.glob("tasks/**/*.py")])
     h = hashlib.sha256()
-    for f in files:
+    for f in (f for f in files if f.is_file() and "__pycache__" not in f.parts):
         h.update(f.relative_to(root).as_posix().encode())
         h.update(f.read_bytes())
     return h.hexdigest()[:16]

@@ -66,7 +66,8 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {msg}"[:300]
 
 
-def _row_process(overrides: dict[str, str], real_device: str | None, largest_under: int | None = None) -> int:
+def _row_process(overrides: dict[str, str], real_device: str | None, largest_under: int | None = None,
+                 cached: bool = False) -> int:
     """A row's own process: its result (or its one-line failure) as one marked JSON line. ``largest_under``:
     the largest batch that fits that many bytes (``capacity.py``), every probe cached on disk."""
     try:
@@ -77,6 +78,10 @@ def _row_process(overrides: dict[str, str], real_device: str | None, largest_und
             from benchmark.memory.capacity import largest_batch_row
 
             msg = ("ok", largest_batch_row(overrides, largest_under, simulate))
+        elif cached and real_device is None:  # make advise: the same prediction is read back, not rerun
+            from benchmark.memory.capacity import PredictionCache, default_cache_folder
+
+            msg = ("ok", PredictionCache(default_cache_folder()).get(overrides, simulate))
         else:
             msg = ("ok", simulate(overrides, fake=real_device is None, device=real_device or "cpu"))
     except BaseException as exc:  # noqa: BLE001 - a row's failure is data, reported as one line
@@ -94,7 +99,7 @@ def _died(d) -> tuple[str, str]:
 
 
 def run_rows(jobs_list: list[tuple[object, dict[str, str], str | None]], jobs: int = 2,
-             progress=None, largest_under: int | None = None) -> dict[object, tuple[str, object]]:
+             progress=None, largest_under: int | None = None, cached: bool = False) -> dict[object, tuple[str, object]]:
     """Run ``(key, overrides, real_device)`` rows in fresh processes, ``jobs`` at a time; returns
     key -> ("ok", row) or ("failed", one-line reason). A crashed process fails only its own row.
     ``largest_under``: each row answers the largest batch that fits that many bytes instead."""
@@ -104,6 +109,7 @@ def run_rows(jobs_list: list[tuple[object, dict[str, str], str | None]], jobs: i
     for key, overrides, real in jobs_list:
         argv = [sys.executable, "-m", "benchmark.memory.predict", "--one", *(["--device", real] if real else []),
                 *(["--largest-under", str(largest_under)] if largest_under is not None else []),
+                *(["--cached"] if cached else []),
                 *(f"{k}={v}" for k, v in overrides.items())]
         todo.append(runner.Job(str(key), argv, data=(key, real)))
     out = {}
@@ -121,12 +127,12 @@ def run_rows(jobs_list: list[tuple[object, dict[str, str], str | None]], jobs: i
 
 
 def predict_all(overrides: dict[str, str], methods: list[str] | None = None,
-                out: str = "results/memory_predicted.csv", jobs: int = 2) -> int:
+                out: str = "results/memory_predicted.csv", jobs: int = 2, cached: bool = False) -> int:
     rows = select_rows(methods)
     check(row_overrides(overrides, *rows[0][:2]))  # a bad input fails once, before any process starts
     t0 = time.perf_counter()
     results = run_rows([(label, row_overrides(overrides, label, method), None) for label, method, _ in rows],
-                       jobs=jobs, progress=lambda s: print(s, file=sys.stderr, flush=True))
+                       jobs=jobs, progress=lambda s: print(s, file=sys.stderr, flush=True), cached=cached)
     wall = time.perf_counter() - t0
     ok, failed = [], []
     for label, method, _ in rows:
@@ -210,11 +216,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # a row's own process
     parser.add_argument("--device", default=None, help=argparse.SUPPRESS)  # with --one: run for real there
     parser.add_argument("--largest-under", type=int, default=None, help=argparse.SUPPRESS)  # with --one
+    parser.add_argument("--cached", action="store_true", help="read and keep each row's prediction in the disk "
+                        "cache (~/.cache/metl-bench/predictions), as make advise does")
     args = parser.parse_args(argv)
     quiet()
     overrides = parse_overrides(args.overrides)
     if args.one:
-        return _row_process(overrides, args.device, args.largest_under)
+        return _row_process(overrides, args.device, args.largest_under, args.cached)
     opts = {k: overrides.pop(k) for k in CLI_KEYS if k in overrides}
     methods = opts.get("methods", "").replace(",", " ").split() or None
     if args.compare_cuda:
@@ -240,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
                                 f"not {key}=")
         return calibrate(target, **shape)
     jobs = int(opts.get("jobs", min(2, os.cpu_count() or 1)))
-    return predict_all(overrides, methods, out=opts.get("out", "results/memory_predicted.csv"), jobs=jobs)
+    return predict_all(overrides, methods, out=opts.get("out", "results/memory_predicted.csv"), jobs=jobs,
+                       cached=args.cached)
 
 
 if __name__ == "__main__":
