@@ -264,7 +264,7 @@ def test_build_record_writes_the_committed_files_byte_for_byte():
                                      git=(run["git_commit"], run["git_dirty"]), wandb_run_id=run["wandb_run_id"],
                                      started_at=run["started_at"], finished_at=run["finished_at"],
                                      val_best=m["val_best"], test=m["test"], efficiency=rec["efficiency"],
-                                     env=rec["env"])
+                                     env=rec["env"], val_curve=m.get("val_curve"))
         # a RunConfig key added since the record was written (``patience``) had its default then: not a change
         from benchmark.config import RunConfig
 
