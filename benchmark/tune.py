@@ -19,6 +19,7 @@ from pathlib import Path
 
 from benchmark.cli import OverridesParser, entry_point, quiet
 from benchmark.errors import UserError
+from benchmark.results import budget_label, build_record, slug
 
 TRIALS = 6  # every method gets the same number
 STARTUP = 3  # TPE's random trials before it models the results
@@ -31,15 +32,9 @@ TRIAL_SETTINGS = {"official": "false", "wandb": "disabled", "track_memory": "fal
                   "hparams": "paper"}
 
 
-def _slug(name: str) -> str:
-    from benchmark.results import slug
-
-    return slug(name)
-
-
 def files(results_dir: str | Path, task: str, backbone: str, label: str) -> tuple[Path, Path]:
     """(the study's SQLite file, the chosen-values JSON) of one (task, backbone, method[@variant])."""
-    stem = Path(results_dir) / "tuning" / f"{_slug(task)}__{_slug(backbone)}__{_slug(label)}"
+    stem = Path(results_dir) / "tuning" / f"{slug(task)}__{slug(backbone)}__{slug(label)}"
     return stem.with_suffix(".db"), stem.with_suffix(".json")
 
 
@@ -51,8 +46,6 @@ def trial_budget(task: str) -> dict[str, str]:
 
 def study_name(plan) -> str:
     """The study a plan's search is: a new task or method version, trial budget or search space is a new study."""
-    from benchmark.results import budget_label, build_record
-
     run = build_record(plan)["run"]
     space = ",".join(f"{k}:{lo:g}-{hi:g}" for k, (lo, hi) in plan.method_cls.config_class.search_space().items())
     return (f"{run['task']}-v{run['task_version']}/{run['backbone']}/{plan.run.label}-v{run['method_version']}"
@@ -227,7 +220,7 @@ def write_choice(study, p, space, trials, db: Path, out: Path, log=print) -> Pat
 
     import optuna
 
-    from benchmark.results import atomic_write_text, build_record, git_info
+    from benchmark.results import atomic_write_text, git_info
     from benchmark.run import REPO_ROOT
 
     states = [t.state for t in study.trials]
@@ -252,7 +245,7 @@ def write_choice(study, p, space, trials, db: Path, out: Path, log=print) -> Pat
                    "pruned": states.count(optuna.trial.TrialState.PRUNED),
                    "failed": states.count(optuna.trial.TrialState.FAIL),
                    "space": {k: [lo, hi, "log"] for k, (lo, hi) in space.items()},
-                   "budget": _budget_label(p), "selected_on": "validation (best score of each trial)",
+                   "budget": budget_label(run), "selected_on": "validation (best score of each trial)",
                    "storage": rel(db), "study": study.study_name},
         "trials": [{"number": t.number, "state": t.state.name.lower(), "params": t.params, "value": t.value,
                     **{k: t.user_attrs.get(k) for k in ("train_steps", "steps_per_epoch", "seconds")}}
@@ -263,12 +256,6 @@ def write_choice(study, p, space, trials, db: Path, out: Path, log=print) -> Pat
     params = ", ".join(f"{k}={v:.3g}" for k, v in best.params.items())
     log(f"tune: chose {params} (trial {best.number}, val score {best.value:.4f}) -> {rel(out)}")
     return out
-
-
-def _budget_label(p) -> str:
-    from benchmark.results import budget_label, build_record
-
-    return budget_label(build_record(p)["run"])
 
 
 @entry_point()
