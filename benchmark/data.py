@@ -20,7 +20,7 @@ class TaskDataModule(L.LightningDataModule):
     def __init__(self, task: Task, tokenizer, *, max_length: int, batch_size: int, eval_batch_size: int,
                  pad_to_max_length: bool = False, data_dir: str = "", limit_train_samples: int = 0,
                  limit_eval_samples: int = 0, seed: int = 0, num_workers: int = 0,
-                 image_features: Callable[[list[str]], torch.Tensor] | None = None):
+                 image_features: Callable[[list[str]], torch.Tensor] | None = None, text_to_text: bool = False):
         super().__init__()
         self.task, self.tokenizer = task, tokenizer
         self.max_length, self.batch_size, self.eval_batch_size = max_length, batch_size, eval_batch_size
@@ -28,6 +28,13 @@ class TaskDataModule(L.LightningDataModule):
         self.limits = {"train": limit_train_samples, "validation": limit_eval_samples, "test": limit_eval_samples}
         self.num_workers = num_workers
         self.image_features = image_features
+        # the seq2seq kind: each example's texts become the task's one input string (``Task.text_to_text``)
+        self.text_to_text = task.text_to_text if text_to_text else None
+        if text_to_text and self.text_to_text is None:
+            from benchmark.errors import UserError
+
+            raise UserError(f"task {task.name!r} has no text-to-text format for head=seq2seq; "
+                            f"run it with head=classifier")
         self.visual_table: torch.Tensor | None = None  # [distinct images, tokens, dim]
         self.splits = None
 
@@ -54,7 +61,11 @@ class TaskDataModule(L.LightningDataModule):
             self.visual_table = self.image_features(paths)
 
         def encode(rows):
-            pair = (rows["text_a"], rows["text_b"]) if has_pair else (rows["text_a"],)
+            if self.text_to_text is not None:
+                b = rows["text_b"] if has_pair else [None] * len(rows["text_a"])
+                pair = ([self.text_to_text.source(x, y) for x, y in zip(rows["text_a"], b)],)
+            else:
+                pair = (rows["text_a"], rows["text_b"]) if has_pair else (rows["text_a"],)
             enc = self.tokenizer(*pair, truncation=True, max_length=self.max_length)
             enc["labels"] = rows["label"]
             for c in METRIC_COLUMNS:

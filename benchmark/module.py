@@ -1,7 +1,9 @@
 """One LightningModule for every (method, task) pair: method features -> task head -> task loss.
 
 Nothing here knows a method's or a task's name: methods give features (and optionally an extra
-loss), tasks give the loss, the predictions the metrics compare, and the reported score.
+loss), tasks give the loss, the predictions the metrics compare, and the reported score; the head
+(``benchmark.heads``: a new classifier, or the frozen LM head over the task's label words on a seq2seq
+backbone) turns features into both.
 """
 from __future__ import annotations
 
@@ -9,9 +11,9 @@ import time
 
 import lightning as L
 import torch
-from torch import nn
 from torchmetrics import MetricCollection
 
+from benchmark.heads import make_head
 from methods.base import Method
 from tasks.base import METRIC_COLUMNS, Task
 
@@ -20,12 +22,13 @@ INPUT_KEYS_EXCLUDED = ("labels", *METRIC_COLUMNS)
 
 class METLModule(L.LightningModule):
     def __init__(self, method: Method, task: Task, lr: float, weight_decay: float, warmup_steps: int,
-                 head_dropout: float = 0.1):
+                 head_dropout: float = 0.1, target_length: int = 8, pad_targets: bool = False):
         super().__init__()
         self.method = method
         self.task = task
         self.lr, self.weight_decay, self.warmup_steps = lr, weight_decay, warmup_steps
-        self.head = nn.Sequential(nn.Dropout(head_dropout), nn.Linear(method.feature_dim, task.num_labels))
+        self.head = make_head(method.backbone, method, task, dropout=head_dropout, target_length=target_length,
+                              pad_targets=pad_targets)
         self.val_metrics = MetricCollection(task.make_metrics(), prefix="val/")
         self.test_metrics = MetricCollection(task.make_metrics(), prefix="test/")
         self.strict_loading = False  # checkpoints hold trainable state only
@@ -36,16 +39,19 @@ class METLModule(L.LightningModule):
 
     # --- forward ----------------------------------------------------------------------------
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        inputs = {k: v for k, v in batch.items() if k not in INPUT_KEYS_EXCLUDED}
-        return self.head(self.method(inputs))
+        """[B, num_labels] class scores (a classifier's logits; a seq2seq backbone's label-word log-likelihoods)."""
+        return self.head.scores(self.method, self.inputs(batch), batch)
+
+    @staticmethod
+    def inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in batch.items() if k not in INPUT_KEYS_EXCLUDED}
 
     def on_train_start(self):
         self.train()  # lets the method decide its backbone's mode (Method.train); Lightning keeps it after val
         self._train_began = time.perf_counter()
 
     def training_step(self, batch, batch_idx):
-        logits = self(batch)
-        loss = self.task.loss(logits.float(), batch["labels"])
+        loss = self.head.loss(self.method, self.inputs(batch), batch)
         extra = self.method.extra_loss()
         if extra is not None:
             self.log("train/extra_loss", extra.detach(), on_step=True)
@@ -66,9 +72,8 @@ class METLModule(L.LightningModule):
             self.log(f"train/{k}", float(v))
 
     def _eval_step(self, batch, metrics: MetricCollection) -> None:
-        logits = self(batch)
         extra = {c: batch[c] for c in METRIC_COLUMNS if c in batch}  # e.g. NLVR2's sentence groups
-        metrics.update(self.task.predictions(logits.float()), batch["labels"], **extra)
+        metrics.update(self.head.predictions(self(batch)), batch["labels"], **extra)
 
     def _eval_end(self, metrics: MetricCollection, stage: str) -> dict[str, float]:
         values = {k.split("/", 1)[1]: v for k, v in metrics.compute().items()}  # synced over ranks

@@ -36,8 +36,10 @@ class Plan:
 
 
 def backbone_label(run: RunConfig, task) -> str:
-    """The backbone a result is filed under: the text backbone, plus the image encoder on VL tasks."""
-    return f"{run.backbone}+{run.vision}" if task.images_per_example else run.backbone
+    """The backbone a result is filed under: the text backbone (``:seq2seq`` when it runs as an encoder-decoder
+    through label words, so the two kinds never share a row), plus the image encoder on VL tasks."""
+    text = f"{run.backbone}:seq2seq" if run.head == "seq2seq" else run.backbone
+    return f"{text}+{run.vision}" if task.images_per_example else text
 
 
 def plan(overrides: dict[str, str]) -> Plan:
@@ -123,7 +125,10 @@ def build_components(p: Plan):
     from benchmark.module import METLModule
 
     r = p.run
-    backbone = load_backbone(r.backbone, pooling=r.pooling or None)
+    backbone = load_backbone(r.backbone, pooling=r.pooling or None, head=r.head)
+    if backbone.seq2seq and not p.method_cls.runs_on_seq2seq:
+        raise UserError(f"method {r.method!r} does not run on a seq2seq backbone yet; use head=classifier "
+                        f"(methods that do: {', '.join(seq2seq_methods())})")
     image_features = None
     if p.task.images_per_example:
         backbone, image_features = vision_language(backbone, p)
@@ -131,13 +136,20 @@ def build_components(p: Plan):
                         eval_batch_size=r.eval_batch_size, pad_to_max_length=r.pad_to_max_length,
                         data_dir=r.data_dir, limit_train_samples=r.limit_train_samples,
                         limit_eval_samples=r.limit_eval_samples, seed=r.seed, num_workers=r.num_workers,
-                        image_features=image_features)
+                        image_features=image_features, text_to_text=backbone.seq2seq)
     dm.setup()  # data problems surface now, as one line, before any training
     method = p.method_cls(backbone, p.method_cfg)
     method.prepare(dm.train_dataloader(), p.task)
     module = METLModule(method, p.task, lr=p.method_cfg.lr, weight_decay=p.method_cfg.weight_decay,
-                        warmup_steps=r.warmup_steps, head_dropout=p.method_cfg.head_dropout)
+                        warmup_steps=r.warmup_steps, head_dropout=p.method_cfg.head_dropout,
+                        target_length=r.target_length, pad_targets=r.pad_to_max_length)
     return dm, method, module
+
+
+def seq2seq_methods() -> list[str]:
+    from methods import METHODS
+
+    return [n for n in METHODS.names() if METHODS.get(n).runs_on_seq2seq]
 
 
 def vision_language(text_backbone, p: Plan):

@@ -86,6 +86,9 @@ class Method(nn.Module):
     # expert no token chose). DDP must then look for them each step, so ``strategy=ddp`` becomes
     # Lightning's ``ddp_find_unused_parameters_true`` for this method.
     may_skip_parameters: ClassVar[bool] = False
+    # True where the method runs on the seq2seq kind (an encoder-decoder read through its LM head,
+    # ``benchmark.backbones.seq2seq``): its forward then returns the decoder's states at every target position.
+    runs_on_seq2seq: ClassVar[bool] = False
 
     def __init__(self, backbone: Backbone, config: MethodConfig):
         super().__init__()

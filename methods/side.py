@@ -25,6 +25,16 @@ def frozen_hidden_states(backbone: Backbone, batch: dict[str, torch.Tensor]) -> 
     return [embedded] + [s.detach() for s in states[1:]], ctx
 
 
+def frozen_decoder_states(backbone, batch: dict[str, torch.Tensor], memory: torch.Tensor,
+                          memory_mask: torch.Tensor) -> list[torch.Tensor]:
+    """The seq2seq kind: the frozen decoder's embedding output and every decoder layer's output, cross-attending
+    to the frozen encoder's output ``memory``, all without autograd (teacher forcing on
+    ``batch["decoder_input_ids"]``)."""
+    with torch.no_grad():
+        states, _ = backbone.decoder_hidden_states(batch, memory.detach(), memory_mask)
+    return [s.detach() for s in states]
+
+
 def parse_layers(spec: str, default_words: tuple[str, ...] = ("", "all")) -> list[int] | None:
     """A layer list of a side method's config: ``"0,4,8"`` -> [0, 4, 8] (sorted, unique); one of
     ``default_words`` (any case) -> None, the method's default. Anything else raises ValueError."""

@@ -48,6 +48,44 @@ class DataOptions:
     cache_dir: str | None = None
 
 
+@dataclass(frozen=True)
+class TextToText:
+    """How the seq2seq kind reads a task (T5's convention, which LST, UniPT, SHERL and MP-ISMoE train with):
+    the input is one string, ``"<prefix> <field_a>: <text_a> <field_b>: <text_b>"`` (``b_first`` puts the
+    second text first, as T5 does for MNLI's hypothesis), and each class is a label word the decoder learns
+    to write (teacher forcing). Evaluation scores every label word's likelihood (rank classification), so a
+    malformed generation can never score. A regression task (STS-B) is a classification over the rounded
+    values ``values``: label word i stands for ``values[i]``, a target rounds to the nearest value."""
+
+    prefix: str
+    fields: tuple[str, ...]  # the name written before text_a (and text_b)
+    label_words: tuple[str, ...]  # class id -> word (regression: value i -> word i)
+    values: tuple[float, ...] = ()  # regression only
+    b_first: bool = False
+
+    def source(self, text_a: str, text_b: str | None = None) -> str:
+        parts = [(self.fields[0], text_a)]
+        if text_b is not None:
+            parts.append((self.fields[1], text_b))
+            if self.b_first:
+                parts.reverse()
+        return " ".join([self.prefix] + [f"{name}: {text}" for name, text in parts])
+
+    def target_class(self, labels: torch.Tensor) -> torch.Tensor:
+        """The class whose label word a target is: the label itself, or the nearest value (regression)."""
+        if not self.values:
+            return labels.long()
+        values = torch.tensor(self.values, device=labels.device)
+        return (labels.float()[:, None] - values[None, :]).abs().argmin(-1)
+
+
+def rounded_values(low: float, high: float, step: float) -> tuple[tuple[float, ...], tuple[str, ...]]:
+    """A regression range as label words: T5 writes STS-B scores rounded to the nearest 0.2 ("3.8")."""
+    n = int(round((high - low) / step))
+    values = tuple(round(low + i * step, 6) for i in range(n + 1))
+    return values, tuple(f"{v:.1f}" for v in values)
+
+
 @dataclass
 class Task:
     name: str
@@ -62,6 +100,7 @@ class Task:
     about: str = ""
     extra: dict = field(default_factory=dict)
     images_per_example: int = 0  # > 0: a vision-language task; the run adds a frozen image encoder
+    text_to_text: TextToText | None = None  # how a seq2seq backbone reads it; None: classifier backbones only
 
     primary = "score"
 

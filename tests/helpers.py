@@ -4,13 +4,15 @@ from __future__ import annotations
 import torch
 from torchmetrics import Accuracy
 
-from tasks.base import MetricSpec, Task
+from tasks.base import MetricSpec, Task, TextToText
 
 
 def toy_task(num_labels: int = 2) -> Task:
+    words = ("no", "yes", "maybe", "never", "always")[:num_labels]
     return Task(name="toy", version=1, family="test", problem="classification", num_labels=num_labels,
                 metrics=(MetricSpec("acc", lambda: Accuracy(task="multiclass", num_classes=num_labels)),),
-                score_of=("acc",), loader=lambda task, options: None)
+                score_of=("acc",), loader=lambda task, options: None,
+                text_to_text=TextToText("toy", ("sentence",), words))
 
 
 def tiny_batch(backbone, n: int = 4, length: int = 12, num_labels: int = 2, seed: int = 0) -> dict:
@@ -22,8 +24,10 @@ def tiny_batch(backbone, n: int = 4, length: int = 12, num_labels: int = 2, seed
     return batch
 
 
-def build_module(method: str, backbone: str = "tiny-bert", task: Task | None = None, wrap=None, **cfg):
-    """``wrap``: a function of the loaded backbone returning the backbone to use (e.g. a VL wrapper)."""
+def build_module(method: str, backbone: str = "tiny-bert", task: Task | None = None, wrap=None,
+                 head: str = "classifier", **cfg):
+    """``wrap``: a function of the loaded backbone returning the backbone to use (e.g. a VL wrapper);
+    ``head=seq2seq`` loads the encoder-decoder and reads it through the task's label words."""
     import methods  # noqa: F401
     from benchmark.backbones import load_backbone
     from benchmark.module import METLModule
@@ -32,7 +36,7 @@ def build_module(method: str, backbone: str = "tiny-bert", task: Task | None = N
     torch.manual_seed(0)
     cls = METHODS.get(method)
     config = cls.config_class(**cfg)
-    bb = load_backbone(backbone)
+    bb = load_backbone(backbone, head=head)
     if wrap is not None:
         bb = wrap(bb)
     m = cls(bb, config)
@@ -49,8 +53,7 @@ def one_step(module, batch, lr: float = 1e-2, steps: int = 2):
     with_grad: set[str] = set()
     for _ in range(steps):
         opt.zero_grad()
-        logits = module(batch)
-        loss = module.task.loss(logits, batch["labels"])
+        loss = module.head.loss(module.method, module.inputs(batch), batch)
         extra = module.method.extra_loss()
         if extra is not None:
             loss = loss + extra

@@ -59,7 +59,7 @@ BACKBONES.register("minilm", BackboneSpec(packaged_minilm, pooling="mean", offli
 BACKBONES.register("tiny-bert", BackboneSpec(packaged_minilm, random_config=_tiny_bert, offline=True,
                                              about="2-layer width-32 BERT, random init (tests)"))
 BACKBONES.register("tiny-t5", BackboneSpec(packaged_minilm, pooling="mean", random_config=_tiny_t5, offline=True,
-                                           about="2-layer width-32 T5 encoder, random init (tests)"))
+                                           about="2-layer width-32 T5, random init (tests; head=seq2seq adds its decoder)"))
 for _hub_id, _model_type in [("bert-base-uncased", "bert"), ("roberta-base", "roberta"), ("t5-small", "t5"),
                              ("t5-base", "t5"), ("t5-large", "t5")]:
     BACKBONES.register(_hub_id, BackboneSpec(_hub_id, pooling=FAMILIES[_model_type].default_pooling,
@@ -105,9 +105,18 @@ def _from_hub_or_cache(loader, ident: str, offline: bool, what: str, **kw):
     return loader(ident, **kw)
 
 
-def load_backbone(name: str, pooling: str | None = None, pretrained: bool = True) -> Backbone:
-    """Build the named backbone, frozen. ``pretrained=False`` keeps the architecture with random weights."""
+HEADS = ("classifier", "seq2seq")
+
+
+def load_backbone(name: str, pooling: str | None = None, pretrained: bool = True,
+                  head: str = "classifier") -> Backbone:
+    """Build the named backbone, frozen. ``pretrained=False`` keeps the architecture with random weights.
+    ``head``: ``classifier`` (the encoder, read by a task head) or ``seq2seq`` (the whole encoder-decoder with
+    its LM head, read through the task's label words; ``benchmark.backbones.seq2seq``)."""
     from transformers import AutoConfig, AutoTokenizer
+
+    if head not in HEADS:
+        raise UserError(f"bad config value head={head!r}: must be one of {', '.join(HEADS)}")
 
     ident, spec = _resolve(name)
     source = spec.source() if callable(spec.source) else spec.source
@@ -119,10 +128,14 @@ def load_backbone(name: str, pooling: str | None = None, pretrained: bool = True
         else:
             config = _from_hub_or_cache(AutoConfig.from_pretrained, source, spec.offline, f"backbone {name!r}")
         family = _family(config.model_type, name)
+        seq2seq = head == "seq2seq"
+        if seq2seq and family.seq2seq_class_name is None:
+            raise UserError(f"backbone {name!r} is an encoder ({config.model_type}) and has no decoder for head=seq2seq; "
+                            f"use head=classifier, or an encoder-decoder backbone such as t5-base")
         if spec.random_config is not None or not pretrained:
-            model = family.new_model(config)
+            model = family.new_model(config, seq2seq=seq2seq)
         else:
-            model = _from_hub_or_cache(family.model_class().from_pretrained, source, spec.offline,
+            model = _from_hub_or_cache(family.model_class(seq2seq).from_pretrained, source, spec.offline,
                                        f"backbone {name!r}")
     except UserError:
         raise
@@ -132,4 +145,8 @@ def load_backbone(name: str, pooling: str | None = None, pretrained: bool = True
     if hasattr(model, "pooler"):
         model.pooler = None  # unused by every method; keeps trainable/total counts honest
     model.eval()
+    if seq2seq:
+        from benchmark.backbones.seq2seq import Seq2SeqBackbone
+
+        return Seq2SeqBackbone(ident, model, tokenizer, family, pooling=pooling or spec.pooling).freeze()
     return Backbone(ident, model, tokenizer, family, pooling=pooling or spec.pooling).freeze()

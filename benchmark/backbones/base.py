@@ -76,16 +76,18 @@ class Family:
     name = "base"
     lora_targets: tuple[str, ...] = ()
     model_class_name = "AutoModel"  # the transformers class that loads a model of this family
+    # the class of the whole encoder-decoder with its LM head (the seq2seq kind); None: an encoder-only family
+    seq2seq_class_name: str | None = None
     default_pooling = "cls"  # how a named hub backbone of this family pools, unless its spec says otherwise
 
-    def model_class(self):
+    def model_class(self, seq2seq: bool = False):
         import transformers
 
-        return getattr(transformers, self.model_class_name)
+        return getattr(transformers, self.seq2seq_class_name if seq2seq else self.model_class_name)
 
-    def new_model(self, config) -> nn.Module:
+    def new_model(self, config, seq2seq: bool = False) -> nn.Module:
         """A randomly initialised model of this family from a transformers ``config``."""
-        return self.model_class().from_config(config)
+        return self.model_class(seq2seq).from_config(config)
 
     def encoder_of(self, model: nn.Module) -> nn.Module:
         raise NotImplementedError
@@ -116,7 +118,10 @@ class Family:
 
 
 class Backbone(nn.Module):
-    """A frozen-by-default HF encoder behind the family-independent interface."""
+    """A frozen-by-default HF encoder behind the family-independent interface (the classifier kind: a
+    method's features are one vector per example, read by a task head)."""
+
+    seq2seq = False  # the seq2seq kind (``Seq2SeqBackbone``): features are decoder states, read by the LM head
 
     def __init__(self, name: str, model: nn.Module, tokenizer, family: Family, pooling: str = "cls"):
         super().__init__()
@@ -180,6 +185,11 @@ class Backbone(nn.Module):
             return hidden[:, 0]
         m = attention_mask.to(hidden.dtype).unsqueeze(-1)
         return (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+    def readout(self, hidden: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """A method's output from the last states of its stream: the salient token here (one vector per
+        example for the task head); the seq2seq kind keeps every decoder position for the LM head."""
+        return self.salient(hidden, batch["attention_mask"])
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         states, _ = self.hidden_states(batch)

@@ -1,4 +1,5 @@
-"""BERT-like encoders (BERT, RoBERTa, MiniLM, ELECTRA) and the T5 encoder."""
+"""BERT-like encoders (BERT, RoBERTa, MiniLM, ELECTRA) and T5 (its encoder, and its decoder for the
+seq2seq kind)."""
 from __future__ import annotations
 
 import copy
@@ -85,12 +86,13 @@ class BertFamily(Family):
 
 class T5Family(Family):
     name = "t5"
-    lora_targets = ("q", "v")
-    model_class_name = "T5EncoderModel"  # the encoder only: every method reads encoder states
+    lora_targets = ("q", "v")  # peft matches them in encoder and decoder self-attention and in cross-attention
+    model_class_name = "T5EncoderModel"  # the classifier kind: the encoder only, a task head on its states
+    seq2seq_class_name = "T5ForConditionalGeneration"  # the seq2seq kind: encoder, decoder and LM head
     default_pooling = "mean"
 
-    def new_model(self, config) -> nn.Module:
-        return self.model_class()(config)  # a concrete model class: no from_config
+    def new_model(self, config, seq2seq: bool = False) -> nn.Module:
+        return self.model_class(seq2seq)(config)  # a concrete model class: no from_config
 
     def encoder_of(self, model):
         return model.encoder
@@ -132,6 +134,53 @@ class T5Family(Family):
         cfg.d_kv = max(1, config.d_kv // reduction)
         cfg.is_decoder = False
         return T5Block(cfg, has_relative_attention_bias=(layer_index == 0))
+
+    # --- the decoder (seq2seq kind) ---------------------------------------------------------
+    def decoder_layers(self, model):
+        return model.decoder.block
+
+    def embed_decoder(self, model, batch):
+        return model.decoder.embed_tokens(batch["decoder_input_ids"])
+
+    def run_decoder_layer(self, layer, hidden, ctx: LayerContext):
+        """A decoder block: causal self-attention with the decoder's own (one-directional) relative position
+        bias, shared from the first block of its stack as in the encoder, then cross-attention to
+        ``ctx.extra["memory"]`` (zero position bias, as T5) under ``ctx.extra["memory_mask"]``, then the FFN."""
+        attn = layer.layer[0].SelfAttention
+        key = ("t5_decoder_position_bias", attn.n_heads)
+        bias = ctx.extra.get(key)
+        T = hidden.shape[1]
+        if bias is None and attn.has_relative_attention_bias:
+            bias = attn.compute_bias(T, T, device=hidden.device)
+        if bias is None:
+            bias = torch.zeros(1, attn.n_heads, T, T, device=hidden.device)
+        ctx.extra[key] = bias
+        memory = ctx.extra["memory"]
+        out = layer(hidden, attention_mask=ctx.additive_mask.to(hidden.dtype), position_bias=bias.to(hidden.dtype),
+                    encoder_hidden_states=memory.to(hidden.dtype),
+                    encoder_attention_mask=ctx.extra["memory_mask"].to(hidden.dtype))
+        return out[0] if isinstance(out, tuple) else out
+
+    def finish_decoder(self, model, hidden):
+        return model.decoder.final_layer_norm(hidden)
+
+    def narrow_decoder_layer(self, model, reduction, layer_index):
+        """A decoder block with every width / r (LST's side decoder): its cross-attention reads a memory of
+        the narrow width (the side encoder's output)."""
+        from transformers.models.t5.modeling_t5 import T5Block
+
+        config = model.config
+        cfg = narrowed(config, reduction, "d_model", "d_ff")
+        cfg.d_kv = max(1, config.d_kv // reduction)
+        cfg.is_decoder = True
+        return T5Block(cfg, has_relative_attention_bias=(layer_index == 0))
+
+    def lm_logits(self, model, hidden):
+        """The frozen LM head; T5 v1.0 (tied embeddings) scales the decoder output by d_model ** -0.5 first."""
+        config = model.config
+        if getattr(config, "scale_decoder_outputs", getattr(config, "tie_word_embeddings", False)):
+            hidden = hidden * (config.d_model ** -0.5)
+        return model.lm_head(hidden)
 
     def ffn_slot(self, layer):
         # T5LayerFF: x + dropout(DenseReluDense(layer_norm(x))); the dense block maps d -> d on its own

@@ -33,6 +33,7 @@ class BitFitConfig(MethodConfig):
 
 
 class BitFit(Method):
+    runs_on_seq2seq = True  # the whole model runs, encoder and decoder (the seq2seq backbone's forward)
     config_class = BitFitConfig
 
     def __init__(self, backbone, config: BitFitConfig):
@@ -50,5 +51,4 @@ class BitFit(Method):
             p.requires_grad_(True)
 
     def forward(self, batch):
-        hidden = self.backbone(batch)
-        return self.backbone.salient(hidden, batch["attention_mask"])
+        return self.backbone.readout(self.backbone(batch), batch)

@@ -14,6 +14,7 @@ class FullConfig(MethodConfig):
 
 class FullFineTuning(Method):
     backbone_follows_train_mode = True
+    runs_on_seq2seq = True  # the whole model runs, encoder and decoder (the seq2seq backbone's forward)
     config_class = FullConfig
 
     def __init__(self, backbone, config: FullConfig):
@@ -22,5 +23,4 @@ class FullFineTuning(Method):
             p.requires_grad_(True)
 
     def forward(self, batch):
-        hidden = self.backbone(batch)
-        return self.backbone.salient(hidden, batch["attention_mask"])
+        return self.backbone.readout(self.backbone(batch), batch)

@@ -24,6 +24,7 @@ class LoraMethodConfig(MethodConfig):
 
 class LoRA(Method):
     backbone_follows_train_mode = True
+    runs_on_seq2seq = True  # the whole model runs, encoder and decoder (the seq2seq backbone's forward)
     config_class = LoraMethodConfig
 
     def __init__(self, backbone, config: LoraMethodConfig):
@@ -39,5 +40,4 @@ class LoRA(Method):
             p.requires_grad_("lora_" in name)
 
     def forward(self, batch):
-        hidden = self.backbone(batch)
-        return self.backbone.salient(hidden, batch["attention_mask"])
+        return self.backbone.readout(self.backbone(batch), batch)

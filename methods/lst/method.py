@@ -27,6 +27,18 @@ are kept for backward, and gradients flow only through the side network and the 
   down-projection, the final LayerNorm and the up-projection start from their default init either
   way (LST's code initialises them so too).
 - Hyperparameters: lr 3e-3, r = 8 (T5-base GLUE), 1,024 Fisher samples (docs/methods.md).
+
+On the seq2seq kind (an encoder-decoder read through its LM head), as LST's T5 code does: the side network
+above is the side *encoder*; a side *decoder* of narrow decoder blocks is built the same way beside the
+backbone's decoder (its own input down-projection of the decoder's token embeddings, one ladder and gate per
+kept decoder layer from that layer's output, the same ``drop_layers``, its own final LayerNorm). The side
+decoder's self-attention is causal with its own relative position bias; its cross-attention reads the side
+encoder's output (after the side encoder's final LayerNorm, at the side width) under the source padding
+mask. The up-projection maps the side decoder's states, every position, into the frozen LM head (scaled by
+d ** -0.5 where T5 ties its embeddings): the side output *replaces* the backbone's decoder output, as in
+LST's code (its ``merge_last`` is off). The backbone's encoder and decoder both run without autograd.
+``init=fisher`` is not built for decoder blocks yet (their cross-attention breaks the width reading of
+``pruning.py``): on the seq2seq kind it is refused in one line, ``init=random`` runs.
 """
 from __future__ import annotations
 
@@ -39,7 +51,7 @@ from torch import nn
 
 from methods.base import ConfigError, Method, MethodConfig
 from methods.lst.pruning import PrunePlan, fisher_prune_init
-from methods.side import check_layers, frozen_hidden_states, parse_layers
+from methods.side import check_layers, frozen_decoder_states, frozen_hidden_states, parse_layers
 
 INIT_CHOICES = ("fisher", "random")
 NO_LAYERS = ("", "none")  # drop_layers spellings of "drop none"
@@ -79,6 +91,7 @@ def fresh_norm_like(layer: nn.Module) -> nn.Module:
 
 class LST(Method):
     config_class = LSTConfig
+    runs_on_seq2seq = True
 
     def __init__(self, backbone, config: LSTConfig):
         super().__init__(backbone, config)
@@ -99,15 +112,31 @@ class LST(Method):
         self.final_norm = fresh_norm_like(self.side_layers[-1])
         self.up = nn.Linear(self.d_side, d)
         self.prune_plan: PrunePlan | None = None
+        if backbone.seq2seq:  # the side decoder (module doc)
+            nd = backbone.num_decoder_layers
+            if any(i >= nd for i in dropped) or len(dropped) >= nd:
+                raise ConfigError(f"bad config value drop_layers={config.drop_layers!r}: indices must lie in "
+                                  f"[0, {nd - 1}] and keep at least one decoder layer of backbone {backbone.name!r}")
+            if config.init == "fisher":
+                raise ConfigError("bad config value init='fisher': the Fisher pruning init is not built for decoder "
+                                  "blocks yet; use init=random on a seq2seq backbone")
+            self.decoder_source_layers = [i for i in range(nd) if i not in dropped]
+            self.dec_embed_down = nn.Linear(d, self.d_side)
+            self.dec_ladders = nn.ModuleList([nn.Linear(d, self.d_side) for _ in self.decoder_source_layers])
+            self.dec_side_layers = nn.ModuleList([backbone.narrow_decoder_layer(config.reduction, j)
+                                                  for j in range(len(self.decoder_source_layers))])
+            self.dec_gate_alpha = nn.Parameter(torch.zeros(len(self.decoder_source_layers)))
+            self.dec_final_norm = fresh_norm_like(self.dec_side_layers[-1])
 
     def gates(self) -> torch.Tensor:
         """mu_i = sigmoid(alpha_i / T): the weight each ladder leaves to the side stream."""
         return torch.sigmoid(self.gate_alpha / self.config.gate_temperature)
 
     def side_ffn_slots(self) -> list:
-        """The FFN of every side layer (the backbone's own layer type, narrow), as ``FFNSlot`` objects
-        with install/restore (``backbone.ffn_slot``), for MP-ISMoE's experts."""
-        return [self.backbone.ffn_slot(layer) for layer in self.side_layers]
+        """The FFN of every side layer (the backbone's own layer type, narrow; the side decoder's too on the
+        seq2seq kind), as ``FFNSlot`` objects with install/restore (``backbone.ffn_slot``), for MP-ISMoE's experts."""
+        layers = list(self.side_layers) + list(getattr(self, "dec_side_layers", []))
+        return [self.backbone.ffn_slot(layer) for layer in layers]
 
     def prepare(self, train_loader, task) -> None:
         """Fisher-ranked structured pruning of the backbone into the side layers (init=fisher only)."""
@@ -119,14 +148,30 @@ class LST(Method):
         print(f"lst: side layers initialised from Fisher-ranked pruning ({plan.samples} samples, "
               f"{plan.seconds:.1f} s)", file=sys.stderr)
 
-    def forward(self, batch):
-        states, ctx = frozen_hidden_states(self.backbone, batch)
-        mask = ctx.attention_mask
+    def ladder_stack(self, states, down, ladders, layers, alpha, sources, ctx, run) -> torch.Tensor:
+        """One side stack: the down-projected input, then before each side layer j the gated ladder from
+        backbone layer ``sources[j]``'s output."""
         dtype = self.up.weight.dtype
-        h = self.embed_down(states[0].to(dtype))
-        side_ctx = self.backbone.layer_context(mask, h.dtype)  # the side stack's own (T5 position bias)
-        mu = self.gates().to(dtype)
-        for j, k in enumerate(self.source_layers):
-            h = mu[j] * h + (1 - mu[j]) * self.ladders[j](states[k + 1].to(dtype))
-            h = self.backbone.run_layer(self.side_layers[j], h, side_ctx)
-        return self.up(self.backbone.salient(self.final_norm(h), mask))
+        h = down(states[0].to(dtype))
+        mu = torch.sigmoid(alpha / self.config.gate_temperature).to(dtype)
+        for j, k in enumerate(sources):
+            h = mu[j] * h + (1 - mu[j]) * ladders[j](states[k + 1].to(dtype))
+            h = run(layers[j], h, ctx)
+        return h
+
+    def forward(self, batch):
+        bb = self.backbone
+        states, ctx = frozen_hidden_states(bb, batch)
+        mask = ctx.attention_mask
+        side_ctx = bb.layer_context(mask, self.up.weight.dtype)  # the side stack's own (T5 position bias)
+        h = self.ladder_stack(states, self.embed_down, self.ladders, self.side_layers, self.gate_alpha,
+                              self.source_layers, side_ctx, bb.run_layer)
+        if not bb.seq2seq:
+            return self.up(bb.salient(self.final_norm(h), mask))
+        memory = self.final_norm(h)  # what the side decoder cross-attends to
+        dec_states = frozen_decoder_states(bb, batch, states[-1], mask)
+        dec_ctx = bb.decoder_context(dec_states[0].shape[1], memory, mask, memory.dtype,
+                                     batch.get("decoder_attention_mask"))
+        hd = self.ladder_stack(dec_states, self.dec_embed_down, self.dec_ladders, self.dec_side_layers,
+                               self.dec_gate_alpha, self.decoder_source_layers, dec_ctx, bb.run_decoder_layer)
+        return self.up(self.dec_final_norm(hd))

@@ -18,6 +18,11 @@ values LST uses for its side network, so the two side methods are compared at th
 2 side layers; random side init (the paper's side net is a fresh or distilled small network).
 The side layers are Hugging Face layers of the backbone's type, so their FFN is a named submodule
 (BERT ``intermediate``/``output``, T5 ``layer[-1]``).
+
+On the seq2seq kind s(x) is a narrow encoder-decoder on the same input: the encoder side layers above over
+the source embeddings, then ``side_layers`` narrow decoder blocks over the down-projected decoder token
+embeddings, cross-attending to the side encoder's output; b(x) is the frozen decoder's last states. The
+blend is per target position and feeds the frozen LM head.
 """
 from __future__ import annotations
 
@@ -28,7 +33,7 @@ import torch
 from torch import nn
 
 from methods.base import Method, MethodConfig
-from methods.side import frozen_hidden_states
+from methods.side import frozen_decoder_states, frozen_hidden_states
 
 
 @dataclass
@@ -50,6 +55,7 @@ class SideTuningConfig(MethodConfig):
 
 class SideTuning(Method):
     config_class = SideTuningConfig
+    runs_on_seq2seq = True
 
     def __init__(self, backbone, config: SideTuningConfig):
         super().__init__(backbone, config)
@@ -60,6 +66,10 @@ class SideTuning(Method):
         self.side_layers = nn.ModuleList([backbone.narrow_layer(config.reduction, j)
                                           for j in range(config.side_layers)])
         self.up = nn.Linear(self.d_side, d)
+        if backbone.seq2seq:  # s(x)'s decoder (module doc)
+            self.dec_down = nn.Linear(d, self.d_side)
+            self.dec_side_layers = nn.ModuleList([backbone.narrow_decoder_layer(config.reduction, j)
+                                                  for j in range(config.side_layers)])
         a = config.alpha_init
         self.alpha_logit = nn.Parameter(torch.tensor(math.log(a / (1 - a))))
 
@@ -67,18 +77,36 @@ class SideTuning(Method):
     def alpha(self) -> torch.Tensor:
         return torch.sigmoid(self.alpha_logit)
 
-    def side(self, embeddings: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """s(x): [B, L, d] frozen input embeddings -> [B, d]."""
+    def side_encoder(self, embeddings: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """[B, L, d] frozen input embeddings -> [B, L, d / r], the side layers' last states."""
         h = self.down(embeddings.to(self.down.weight.dtype))
         ctx = self.backbone.layer_context(mask, h.dtype)  # its own context: nothing shared with b(x)
         for layer in self.side_layers:
             h = self.backbone.run_layer(layer, h, ctx)
-        return self.up(self.backbone.salient(h, mask))
+        return h
+
+    def side(self, embeddings: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """s(x): [B, L, d] frozen input embeddings -> [B, d]."""
+        return self.up(self.backbone.salient(self.side_encoder(embeddings, mask), mask))
 
     def forward(self, batch):
         states, ctx = frozen_hidden_states(self.backbone, batch)
         mask = ctx.attention_mask
+        if self.backbone.seq2seq:
+            return self.forward_seq2seq(batch, states, mask)
         s = self.side(states[0], mask)
         b = self.backbone.salient(states[-1], mask).to(s.dtype)
         alpha = self.alpha.to(s.dtype)
         return alpha * b + (1 - alpha) * s
+
+    def forward_seq2seq(self, batch, states, mask):
+        bb = self.backbone
+        memory = self.side_encoder(states[0], mask)
+        dec_states = frozen_decoder_states(bb, batch, states[-1], mask)
+        h = self.dec_down(dec_states[0].to(self.dec_down.weight.dtype))
+        ctx = bb.decoder_context(h.shape[1], memory, mask, h.dtype, batch.get("decoder_attention_mask"))
+        for layer in self.dec_side_layers:
+            h = bb.run_decoder_layer(layer, h, ctx)
+        s = self.up(h)
+        alpha = self.alpha.to(s.dtype)
+        return alpha * dec_states[-1].to(s.dtype) + (1 - alpha) * s

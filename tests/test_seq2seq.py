@@ -1,0 +1,171 @@
+"""The seq2seq kind (T5 as the METL papers ran it): the encoder-decoder behind the backbone interface, the
+label-word head (teacher forcing, rank classification), the text-to-text task formats, and methods that
+train on it, end to end from local GLUE files."""
+import json
+
+import pytest
+import torch
+
+import methods  # noqa: F401
+from benchmark.backbones import load_backbone
+from benchmark.errors import UserError
+from benchmark.heads import LabelWordHead
+from benchmark.run import plan, run
+from helpers import build_module, one_step, tiny_batch
+from tasks.base import TASKS
+from test_tasks import write_glue
+
+SEQ2SEQ_METHODS = ["full", "lora", "bitfit", "lst", "side_tuning"]
+SIDE = ["lst", "side_tuning"]
+CONFIG = {"lora": {"r": 2}, "lst": {"init": "random", "reduction": 4}, "side_tuning": {"reduction": 4}}
+
+
+@pytest.fixture(scope="module")
+def t5():
+    torch.manual_seed(0)
+    return load_backbone("tiny-t5", head="seq2seq")
+
+
+def test_the_backbone_computes_what_the_hugging_face_model_computes(t5):
+    batch = tiny_batch(t5, n=3, length=10)
+    batch.pop("labels")
+    batch["decoder_input_ids"] = torch.tensor([[0, 5, 6, 7], [0, 8, 9, 1], [0, 2, 3, 4]])
+    ours = t5.lm_logits(t5(batch))
+    ref = t5.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   decoder_input_ids=batch["decoder_input_ids"]).logits
+    torch.testing.assert_close(ours, ref)
+    states, _ = t5.decoder_hidden_states(batch, t5.hidden_states(batch)[0][-1], batch["attention_mask"])
+    assert len(states) == t5.num_decoder_layers + 1 and states[-1].shape == (3, 4, t5.hidden_size)
+
+
+def test_an_encoder_has_no_seq2seq_kind():
+    with pytest.raises(UserError, match="no decoder for head=seq2seq"):
+        load_backbone("tiny-bert", head="seq2seq")
+
+
+def test_glue_inputs_and_label_words_follow_t5():
+    mnli, stsb = TASKS.get("mnli").text_to_text, TASKS.get("stsb").text_to_text
+    assert TASKS.get("rte").text_to_text.source("A.", "B.") == "rte sentence1: A. sentence2: B."
+    assert mnli.source("P.", "H.") == "mnli hypothesis: H. premise: P."
+    assert mnli.label_words == ("entailment", "neutral", "contradiction")
+    assert stsb.label_words[:3] == ("0.0", "0.2", "0.4") and stsb.label_words[-1] == "5.0"
+    assert stsb.target_class(torch.tensor([3.87, 0.09, 5.0])).tolist() == [19, 0, 25]  # 3.8, 0.0, 5.0
+
+
+class Echo(torch.nn.Module):
+    """A stand-in method whose decoder states make the tied LM head put all its mass on one word's tokens."""
+
+    def __init__(self, backbone, word_ids):
+        super().__init__()
+        self.backbone, self.word_ids = backbone, word_ids
+
+    def forward(self, inputs):
+        B, T = inputs["decoder_input_ids"].shape
+        emb = self.backbone.model.lm_head.weight  # [vocab, d]
+        tokens = self.word_ids.clamp_min(0)[:T]
+        return 1e3 * emb[tokens].unsqueeze(0).expand(B, -1, -1)
+
+
+@pytest.mark.parametrize("word", [0, 1, 2])
+def test_rank_classification_picks_the_word_the_decoder_writes(t5, word):
+    task = TASKS.get("mnli")
+    head = LabelWordHead(t5, task, target_length=8)
+    batch = tiny_batch(t5, n=2, length=10)
+    scores = head.scores(Echo(t5, head.word_ids[word]), {k: v for k, v in batch.items() if k != "labels"}, batch)
+    assert scores.shape == (2, 3)
+    assert head.predictions(scores).tolist() == [word, word]
+
+
+def test_a_label_word_longer_than_the_target_length_is_one_line(t5):
+    with pytest.raises(UserError, match="target_length"):
+        LabelWordHead(t5, TASKS.get("mnli"), target_length=1)
+
+
+def test_regression_predicts_the_value_of_the_chosen_word(t5):
+    head = LabelWordHead(t5, TASKS.get("stsb"), target_length=8)
+    scores = torch.full((2, 26), -9.0)
+    scores[0, 19], scores[1, 0] = 0.0, 0.0
+    assert head.predictions(scores).tolist() == pytest.approx([3.8, 0.0])
+
+
+@pytest.mark.parametrize("method", SEQ2SEQ_METHODS)
+def test_only_the_methods_parameters_change_on_seq2seq(method):
+    module = build_module(method, "tiny-t5", head="seq2seq", **CONFIG.get(method, {}))
+    batch = tiny_batch(module.method.backbone, n=4, length=12)
+    changed, with_grad = one_step(module, batch)
+    trainable = {n for n, p in module.named_parameters() if p.requires_grad}
+    assert changed and changed <= trainable
+    if method in SIDE:  # the frozen backbone, encoder and decoder, never sees a gradient
+        assert not any(n.startswith("method.backbone.") for n in trainable | with_grad)
+        assert any(n.startswith("method.dec_") for n in changed)  # the side decoder trains
+    if method == "lora":  # q and v of encoder and decoder self-attention and of cross-attention
+        assert any(".encoder." in n for n in changed) and any("EncDecAttention" in n for n in changed)
+        assert any(".decoder." in n and "SelfAttention" in n for n in changed)
+        assert all("lora_" in n for n in changed)
+    if method == "bitfit":  # T5 has no biases: the LayerNorm scales of both stacks
+        assert any(".decoder." in n for n in changed) and all("layer_norm" in n for n in changed)
+    if method == "full":
+        assert "method.backbone.model.lm_head.weight" in changed or "method.backbone.model.shared.weight" in changed
+
+
+@pytest.fixture(scope="module")
+def glue_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("glue_seq2seq")
+    write_glue(root)
+    return root
+
+
+TINY = {"backbone": "tiny-t5", "head": "seq2seq", "wandb": "disabled", "progress": "false", "max_steps": "2",
+        "batch_size": "4", "eval_batch_size": "8", "limit_train_samples": "16", "limit_eval_samples": "8",
+        "max_length": "32", "warmup_steps": "0"}
+
+
+@pytest.mark.parametrize("task", ["rte", "stsb"])
+def test_a_seq2seq_run_from_local_glue_files_writes_a_record_under_its_own_label(task, glue_dir, tmp_path):
+    dirs = {"results_dir": str(tmp_path / "results"), "run_dir": str(tmp_path / "runs")}
+    path = run({**TINY, **dirs, "method": "lora", "task": task, "data_dir": str(glue_dir)})
+    rec = json.loads(path.read_text())
+    assert rec["run"]["status"] == "ok" and rec["run"]["backbone"] == "tiny-t5:seq2seq"
+    assert set(rec["metrics"]["test"]) >= {"score"}
+
+
+def test_a_method_without_a_seq2seq_form_is_refused_in_one_line(glue_dir, tmp_path):
+    from benchmark.run import build_components
+
+    p = plan({**TINY, "method": "unipt", "task": "rte", "data_dir": str(glue_dir)})
+    with pytest.raises(UserError, match="does not run on a seq2seq backbone yet") as e:
+        build_components(p)
+    assert "\n" not in str(e.value) and "lora" in str(e.value)
+
+
+@pytest.mark.parametrize("method", SIDE)
+def test_side_methods_run_the_backbone_decoder_without_autograd(method):
+    module = build_module(method, "tiny-t5", head="seq2seq", **CONFIG[method])
+    bb = module.method.backbone
+    seen = []
+    hooks = [layer.register_forward_hook(lambda m, i, o: seen.append(torch.is_grad_enabled()))
+             for layer in list(bb.decoder_layers) + list(bb.layers)]
+    batch = tiny_batch(bb, n=2, length=10)
+    try:
+        module.head.loss(module.method, module.inputs(batch), batch).backward()
+    finally:
+        for h in hooks:
+            h.remove()
+    assert len(seen) == bb.num_layers + bb.num_decoder_layers and not any(seen)
+
+
+def test_lst_side_decoder_cross_attends_the_side_encoder():
+    module = build_module("lst", "tiny-t5", head="seq2seq", init="random", reduction=4)
+    m = module.method
+    d_side = m.d_side
+    cross = m.dec_side_layers[0].layer[1].EncDecAttention
+    assert cross.k.in_features == d_side and m.up.out_features == m.backbone.hidden_size
+    assert len(m.dec_side_layers) == m.backbone.num_decoder_layers
+
+
+def test_lst_fisher_init_on_seq2seq_is_refused_in_one_line():
+    from benchmark.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="init=random") as e:
+        build_module("lst", "tiny-t5", head="seq2seq")
+    assert "\n" not in str(e.value)
