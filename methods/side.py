@@ -3,7 +3,10 @@ without autograd, so none of its activations are kept for backward. That is the 
 argument of METL, so it lives in one place."""
 from __future__ import annotations
 
+import copy
+
 import torch
+from torch import nn
 
 from benchmark.backbones import Backbone, LayerContext
 from benchmark.errors import ConfigError
@@ -33,6 +36,17 @@ def frozen_decoder_states(backbone, batch: dict[str, torch.Tensor], memory: torc
     with torch.no_grad():
         states, _ = backbone.decoder_hidden_states(batch, memory.detach(), memory_mask)
     return [s.detach() for s in states]
+
+
+def fresh_norm_like(layer: nn.Module) -> nn.Module:
+    """A new LayerNorm of the type the (narrow) layer uses, at identity (weight 1, bias 0)."""
+    norms = [m for m in layer.modules() if isinstance(m, nn.LayerNorm) or type(m).__name__.endswith("LayerNorm")]
+    norm = copy.deepcopy(norms[-1])
+    with torch.no_grad():
+        for name, p in norm.named_parameters(recurse=False):
+            p.fill_(0.0 if name == "bias" else 1.0)
+    return norm
+
 
 
 def parse_layers(spec: str, default_words: tuple[str, ...] = ("", "all")) -> list[int] | None:

@@ -15,9 +15,10 @@ from helpers import build_module, one_step, tiny_batch
 from tasks.base import TASKS
 from test_tasks import write_glue
 
-SEQ2SEQ_METHODS = ["full", "lora", "bitfit", "lst", "side_tuning"]
-SIDE = ["lst", "side_tuning"]
-CONFIG = {"lora": {"r": 2}, "lst": {"init": "random", "reduction": 4}, "side_tuning": {"reduction": 4}}
+SEQ2SEQ_METHODS = ["full", "lora", "bitfit", "lst", "side_tuning", "unipt", "sherl", "mpismoe"]
+SIDE = ["lst", "side_tuning", "unipt", "sherl", "mpismoe"]
+CONFIG = {"lora": {"r": 2}, "lst": {"init": "random", "reduction": 4}, "side_tuning": {"reduction": 4},
+          "unipt": {"reduction": 4}, "sherl": {"reduction": 4}, "mpismoe": {"base_overrides": {"reduction": "4"}}}
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +98,8 @@ def test_only_the_methods_parameters_change_on_seq2seq(method):
     assert changed and changed <= trainable
     if method in SIDE:  # the frozen backbone, encoder and decoder, never sees a gradient
         assert not any(n.startswith("method.backbone.") for n in trainable | with_grad)
-        assert any(n.startswith("method.dec_") for n in changed)  # the side decoder trains
+    if method in ("lst", "side_tuning", "sherl"):  # the side decoder trains, and so does the side encoder
+        assert any(".dec_" in n for n in changed) and any(".dec_" not in n and n.startswith("method.") for n in changed)
     if method == "lora":  # q and v of encoder and decoder self-attention and of cross-attention
         assert any(".encoder." in n for n in changed) and any("EncDecAttention" in n for n in changed)
         assert any(".decoder." in n and "SelfAttention" in n for n in changed)
@@ -131,11 +133,34 @@ def test_a_seq2seq_run_from_local_glue_files_writes_a_record_under_its_own_label
 
 def test_a_method_without_a_seq2seq_form_is_refused_in_one_line(glue_dir, tmp_path):
     from benchmark.run import build_components
+    from methods.base import METHODS
 
-    p = plan({**TINY, "method": "unipt", "task": "rte", "data_dir": str(glue_dir)})
-    with pytest.raises(UserError, match="does not run on a seq2seq backbone yet") as e:
-        build_components(p)
-    assert "\n" not in str(e.value) and "lora" in str(e.value)
+    cls = METHODS.get("unipt")
+    try:
+        cls.runs_on_seq2seq = False  # as a newly added method that has no seq2seq form yet
+        p = plan({**TINY, "method": "unipt", "task": "rte", "data_dir": str(glue_dir)})
+        with pytest.raises(UserError, match="does not run on a seq2seq backbone yet") as e:
+            build_components(p)
+        assert "\n" not in str(e.value) and "lora" in str(e.value)
+    finally:
+        cls.runs_on_seq2seq = True
+
+
+@pytest.mark.parametrize("method", SEQ2SEQ_METHODS)
+def test_a_decoder_position_never_sees_a_later_target_token(method):
+    """Teacher forcing feeds the gold word: any method that let position t read position t + 1 would learn
+    to copy it, and rank classification would then rate every word alike."""
+    module = build_module(method, "tiny-t5", head="seq2seq", **CONFIG.get(method, {})).eval()
+    batch = tiny_batch(module.method.backbone, n=2, length=10)
+    inputs = module.inputs(batch)
+    a = torch.tensor([[0, 5, 6, 7, 8], [0, 9, 10, 11, 12]])
+    b = a.clone()
+    b[:, -1] = torch.tensor([100, 200])
+    with torch.no_grad():
+        ha = module.method({**inputs, "decoder_input_ids": a})
+        hb = module.method({**inputs, "decoder_input_ids": b})
+    torch.testing.assert_close(ha[:, :-1], hb[:, :-1])
+    assert not torch.allclose(ha[:, -1], hb[:, -1])
 
 
 @pytest.mark.parametrize("method", SIDE)
@@ -151,7 +176,10 @@ def test_side_methods_run_the_backbone_decoder_without_autograd(method):
     finally:
         for h in hooks:
             h.remove()
-    assert len(seen) == bb.num_layers + bb.num_decoder_layers and not any(seen)
+    # every frozen layer runs once without autograd; SHERL (and MP-ISMoE over it) then runs the last decoder
+    # block once more with autograd, its late route
+    late = 1 if method in ("sherl", "mpismoe") else 0
+    assert seen.count(False) == bb.num_layers + bb.num_decoder_layers and seen.count(True) == late
 
 
 def test_lst_side_decoder_cross_attends_the_side_encoder():

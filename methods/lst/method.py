@@ -42,7 +42,6 @@ LST's code (its ``merge_last`` is off). The backbone's encoder and decoder both 
 """
 from __future__ import annotations
 
-import copy
 import sys
 from dataclasses import dataclass
 
@@ -51,7 +50,7 @@ from torch import nn
 
 from methods.base import ConfigError, Method, MethodConfig
 from methods.lst.pruning import PrunePlan, fisher_prune_init
-from methods.side import check_layers, frozen_decoder_states, frozen_hidden_states, parse_layers
+from methods.side import check_layers, fresh_norm_like, frozen_decoder_states, frozen_hidden_states, parse_layers
 
 INIT_CHOICES = ("fisher", "random")
 NO_LAYERS = ("", "none")  # drop_layers spellings of "drop none"
@@ -77,16 +76,6 @@ class LSTConfig(MethodConfig):
         self.check(self.gate_temperature > 0, "gate_temperature", "must be > 0")
         check_layers(self, "drop_layers", 'must be comma-separated layer indices such as "0,4,8", or ""',
                      NO_LAYERS)
-
-
-def fresh_norm_like(layer: nn.Module) -> nn.Module:
-    """A new LayerNorm of the type the (narrow) layer uses, at identity (weight 1, bias 0)."""
-    norms = [m for m in layer.modules() if isinstance(m, nn.LayerNorm) or type(m).__name__.endswith("LayerNorm")]
-    norm = copy.deepcopy(norms[-1])
-    with torch.no_grad():
-        for name, p in norm.named_parameters(recurse=False):
-            p.fill_(0.0 if name == "bias" else 1.0)
-    return norm
 
 
 class LST(Method):

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmark.backbones.base import FFNSlot, as_slot
+from benchmark.errors import UserError
 from benchmark.memory.storage import unique_storage_bytes
 from methods.base import METHODS, ConfigError, Method, MethodConfig
 from methods.mpismoe.experiments import EXPERIMENTS, PAPER_ROWS
@@ -179,12 +180,17 @@ class MPISMoE(Method):
     # the named experiments (paper Tables 3 and 4, and ours): one ``make memory`` row each
     variants = {name: dict(e.overrides) for name, e in EXPERIMENTS.items()}
     paper_variants = PAPER_ROWS
+    runs_on_seq2seq = True  # where its base does: the whole encoder-decoder (and LM head) is quantized
     may_skip_parameters = True  # top-k dispatch: an expert no token picked gets no gradient that step
     fake_tensor_hints = classmethod(lambda cls: fake_hints())  # the memory predictor: fake_hints.py
 
     def __init__(self, backbone, config: MPISMoEConfig):
         super().__init__(backbone, config)
-        self.base = METHODS.get(config.base)(backbone, config.base_config())
+        base_cls = METHODS.get(config.base)
+        if backbone.seq2seq and not base_cls.runs_on_seq2seq:
+            raise UserError(f"mpismoe: base {config.base!r} does not run on a seq2seq backbone yet; "
+                            f"use head=classifier or another base")
+        self.base = base_cls(backbone, config.base_config())
         if not hasattr(self.base, "side_ffn_slots"):
             raise ValueError(f"base {config.base!r} exposes no side FFN slots for ISMoE")
         self.noisy: list[str] = []

@@ -36,6 +36,18 @@ under which MP-ISMoE's GNP-IQ re-quantizes backbone weights that change (its Tab
 reference's T5/GLUE code (``MTSAdapter`` in ``modeling_side_t5.py``) hands the aggregate to the
 decoder rather than to a late encoder layer; we follow the BERT/CLIP-ViL versions, which have the
 late route. One deviation: ``Guidance.fc_attn``'s bias starts at 0 (see there).
+
+On the seq2seq kind SHERL takes the form of its T5 code (``T5StackEnc`` / ``T5StackDec`` in SHERL's
+``modeling_side_t5.py``): the route above runs once per stack.
+- Encoder: adapters on the embedding output and every encoder layer output (default taps 0 .. N: the
+  last one guides), ``fc_out(relu(aggregate)) + tanh(g / 0.1) * guide`` (the raw last encoder state),
+  then a trainable final LayerNorm of width d: the side encoder's output.
+- Decoder: adapters on the frozen decoder's embedding output and layer outputs up to its last layer's
+  input (default taps 0 .. N_dec - 1), the late route through the backbone's *last decoder block*, which
+  cross-attends to the side encoder's output (so the encoder's side modules learn through it), then a
+  trainable final LayerNorm; the result goes to the frozen LM head. ``gate_position`` and
+  ``train_late_layer`` apply to that decoder block. ``tap_layers`` sets the encoder taps; the decoder
+  taps are ``decoder_tap_layers`` (a field of ours: the T5 code uses the same layer list for both stacks).
 """
 from __future__ import annotations
 
@@ -44,8 +56,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from methods.base import Method, MethodConfig
-from methods.side import check_layers, frozen_hidden_states, taps_within
+from methods.base import ConfigError, Method, MethodConfig
+from methods.side import (check_layers, fresh_norm_like, frozen_decoder_states, frozen_hidden_states,
+                          parse_layers, taps_within)
 
 GATE_POSITIONS = ("before_late", "after_late")
 
@@ -67,6 +80,8 @@ class SherlConfig(MethodConfig):
     gate_position: str = "before_late"  # before_late (reference code) | after_late (see module docstring)
     train_late_layer: bool = False  # the public code: gradient through the layer, weights frozen
     eps: float = 1e-6  # L1/L2-normalisation epsilon of the reference Guidance
+    # seq2seq only: the decoder's taps (0 = its embedding output, at most the last decoder layer's input)
+    decoder_tap_layers: str = ""
 
     def __post_init__(self):
         super().__post_init__()
@@ -75,6 +90,7 @@ class SherlConfig(MethodConfig):
         self.check(self.gate_position in GATE_POSITIONS, "gate_position", f"must be one of {', '.join(GATE_POSITIONS)}")
         self.check(self.eps > 0, "eps", "must be > 0")
         check_layers(self, "tap_layers", 'must be "all" or comma-separated layer indices')
+        check_layers(self, "decoder_tap_layers", 'must be "all" or comma-separated layer indices')
 
 
 class GatedFFN(nn.Module):
@@ -129,6 +145,7 @@ class Guidance(nn.Module):
 
 class SHERL(Method):
     config_class = SherlConfig
+    runs_on_seq2seq = True
     # 2: the late layer is frozen by default, as in the public code (1 trained it)
     version = 2
     variants = {"late-layer": {"train_late_layer": "true"}}
@@ -138,22 +155,43 @@ class SHERL(Method):
         super().__init__(backbone, config)
         d, n = backbone.hidden_size, backbone.num_layers
         self.d_side = max(1, d // config.reduction)
-        taps = taps_within(config, backbone, n - 1, "the late layer's input")
+        if backbone.seq2seq:  # the encoder's route has no late layer: every state, the last one guides
+            taps = self._taps(config.tap_layers, "tap_layers", n, list(range(n + 1)), "the last encoder layer's output")
+        else:
+            taps = taps_within(config, backbone, n - 1, "the late layer's input")
         self.taps = taps
         self.adapters = nn.ModuleList([TapAdapter(d, self.d_side) for _ in taps])
         self.guidance = Guidance(self.d_side, eps=config.eps)
         self.fc_out = nn.Linear(self.d_side, d)
         self.gate_param = nn.Parameter(torch.full((1,), float(config.gate_init)))
+        if backbone.seq2seq:  # the decoder's route and both stacks' final LayerNorms (module doc)
+            nd = backbone.num_decoder_layers
+            self.decoder_taps = self._taps(config.decoder_tap_layers, "decoder_tap_layers", nd - 1,
+                                           list(range(nd)), "the last decoder layer's input")
+            self.dec_adapters = nn.ModuleList([TapAdapter(d, self.d_side) for _ in self.decoder_taps])
+            self.dec_guidance = Guidance(self.d_side, eps=config.eps)
+            self.dec_fc_out = nn.Linear(self.d_side, d)
+            self.dec_gate_param = nn.Parameter(torch.full((1,), float(config.gate_init)))
+            self.enc_norm = fresh_norm_like(backbone.layers[-1])
+            self.dec_norm = fresh_norm_like(backbone.decoder_layers[-1])
         for p in self.late_layer.parameters():
             p.requires_grad_(config.train_late_layer)
+
+    def _taps(self, spec: str, name: str, last: int, default: list[int], last_means: str) -> list[int]:
+        taps = parse_layers(spec)
+        taps = default if taps is None else taps
+        if not taps or taps[0] < 0 or taps[-1] > last:
+            raise ConfigError(f"bad config value {name}={spec!r}: indices must lie in [0, {last}] "
+                              f"(0 = embeddings, {last} = {last_means}) for backbone {self.backbone.name!r}")
+        return taps
 
     # --- what MP-ISMoE needs ------------------------------------------------------------------
     @property
     def late_layer(self) -> nn.Module:
-        """The backbone's last pre-trained layer, the late route. A property (not a registered
-        submodule) so it always names the module currently in the backbone, even after a wrapper
-        replaces its linears, and so its parameters are listed once, under ``backbone.``."""
-        return self.backbone.layers[-1]
+        """The backbone's last pre-trained layer (the decoder's on the seq2seq kind), the late route. A
+        property (not a registered submodule) so it always names the module currently in the backbone,
+        even after a wrapper replaces its linears, and so its parameters are listed once, under ``backbone.``."""
+        return self.backbone.decoder_layers[-1] if self.backbone.seq2seq else self.backbone.layers[-1]
 
     def late_parameters(self) -> list[str]:
         """Names, within ``backbone.model``, of the late layer's parameters (trained by SHERL; GNP-IQ
@@ -162,7 +200,8 @@ class SHERL(Method):
         return [name for name, p in self.backbone.model.named_parameters() if id(p) in ids]
 
     def side_ffn_slots(self) -> list[tuple[nn.Module, str]]:
-        return [(adapter, "ffn") for adapter in self.adapters]
+        adapters = list(self.adapters) + list(getattr(self, "dec_adapters", []))
+        return [(adapter, "ffn") for adapter in adapters]
 
     # --- forward ------------------------------------------------------------------------------
     def gate(self) -> torch.Tensor:
@@ -170,19 +209,38 @@ class SHERL(Method):
 
     def early_route(self, states: list[torch.Tensor]) -> torch.Tensor:
         """Frozen states -> the side feature fed to the late route, [B, L, d]."""
-        dtype = self.fc_out.weight.dtype
-        feats = [adapter(states[i].to(dtype)) for adapter, i in zip(self.adapters, self.taps)]
+        return self.route(states, self.adapters, self.guidance, self.fc_out, self.taps)
+
+    def route(self, states, adapters, guidance, fc_out, taps) -> torch.Tensor:
+        """One stack's early route: adapters on the tapped states, guidance into the deepest, ``fc_out``."""
+        dtype = fc_out.weight.dtype
+        feats = [adapter(states[i].to(dtype)) for adapter, i in zip(adapters, taps)]
         B, L, D = feats[-1].shape
         deep = feats[-1].reshape(B * L, 1, D)
         if len(feats) > 1:
             shallow = torch.stack(feats[:-1], dim=2).reshape(B * L, len(feats) - 1, D)
-            agg = self.guidance(deep, shallow)
+            agg = guidance(deep, shallow)
         else:
             agg = deep
-        return self.fc_out(torch.relu(agg.reshape(B, L, D)))
+        return fc_out(torch.relu(agg.reshape(B, L, D)))
+
+    def forward_seq2seq(self, batch, states, ctx):
+        bb, T = self.backbone, self.config.gate_temperature
+        mask = ctx.attention_mask
+        side = self.early_route(states)
+        memory = self.enc_norm(side + self.gate() * states[self.taps[-1]].to(side.dtype))  # the side encoder's output
+        dec = frozen_decoder_states(bb, batch, states[-1], mask)
+        side = self.route(dec, self.dec_adapters, self.dec_guidance, self.dec_fc_out, self.decoder_taps)
+        gate = torch.tanh(self.dec_gate_param / T)
+        dec_ctx = bb.decoder_context(side.shape[1], memory, mask, side.dtype, batch.get("decoder_attention_mask"))
+        if self.config.gate_position == "before_late":  # dec[-2]: the frozen input to the last decoder block
+            return self.dec_norm(bb.run_decoder_layer(self.late_layer, side + gate * dec[-2].to(side.dtype), dec_ctx))
+        return self.dec_norm(bb.run_decoder_layer(self.late_layer, side, dec_ctx)) + gate * dec[-1].to(side.dtype)
 
     def forward(self, batch):
         states, ctx = frozen_hidden_states(self.backbone, batch)
+        if self.backbone.seq2seq:
+            return self.forward_seq2seq(batch, states, ctx)
         side = self.early_route(states)
         gate = self.gate()
         if self.config.gate_position == "before_late":

@@ -25,6 +25,16 @@ Read from the public reference code (github.com/Paranioar/UniPT; VSE-infty
 
 Which layers are tapped: by default the embedding output and every layer output but the last (the
 last is the anchor), as in VSE-infty (13 BERT states: anchor = state 12, interactions with 0..11).
+
+On the seq2seq kind (our choice: UniPT publishes no T5 code, and its paper names no decoder form): the
+same module runs on the frozen *decoder's* states, anchor = the decoder's last output, taps = its
+embedding output and every other layer output; the residual is added per target position and read by
+the frozen LM head. The source reaches it through the frozen decoder's cross-attention to the frozen
+encoder. Adding modules on the encoder would need a path back into the decoder with autograd (SHERL's T5
+form reruns the last decoder block for that); plain UniPT has none, so they would never receive a
+gradient. ``tap_layers`` indexes the decoder's states there. A decoder position must not see later
+ones (teacher forcing would leak the gold word), so there the token interaction is causal and the
+confidence pools each position's prefix (one weight per sample, position and layer).
 """
 from __future__ import annotations
 
@@ -33,8 +43,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from methods.base import Method, MethodConfig
-from methods.side import check_layers, frozen_hidden_states, taps_within
+from methods.base import ConfigError, Method, MethodConfig
+from methods.side import check_layers, frozen_decoder_states, frozen_hidden_states, parse_layers, taps_within
 
 
 @dataclass
@@ -65,12 +75,19 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * m).sum(1) / m.sum(1).clamp_min(1.0)
 
 
+def prefix_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[B, L, D], [B, L] -> [B, L, D]: at each position the mean over the real tokens up to it (causal pooling)."""
+    m = mask.to(x.dtype).unsqueeze(-1)
+    return (x * m).cumsum(1) / m.cumsum(1).clamp_min(1.0)
+
+
 def token_interaction(query: torch.Tensor, context: torch.Tensor, mask: torch.Tensor, eps: float) -> torch.Tensor:
     """UniPT's linear cross-attention: relu(q k^T) on real keys, L1-normalised per query, plus identity.
 
-    query, context: [B, L, D]; mask: [B, L] (1 = real token). Returns [B, L, D].
+    query, context: [B, L, D]; mask: [B, L] (1 = real token), or [B, L, L] per query (causal). Returns [B, L, D].
     """
-    weights = torch.relu(query @ context.transpose(1, 2)) * mask.to(query.dtype).unsqueeze(1)
+    keys = mask.to(query.dtype)
+    weights = torch.relu(query @ context.transpose(1, 2)) * (keys if keys.dim() == 3 else keys.unsqueeze(1))
     weights = weights / (weights.abs().sum(-1, keepdim=True) + eps)
     return weights @ context + context  # "+ eye": each token keeps its own tapped feature
 
@@ -95,12 +112,21 @@ def down_projection(d: int, d_side: int) -> nn.Sequential:
 
 class UniPT(Method):
     config_class = UniPTConfig
+    runs_on_seq2seq = True
 
     def __init__(self, backbone, config: UniPTConfig):
         super().__init__(backbone, config)
         d, n = backbone.hidden_size, backbone.num_layers
         self.d_side = max(1, d // config.reduction)
-        taps = taps_within(config, backbone, n, "last layer")
+        if backbone.seq2seq:  # the decoder's states (module doc)
+            n = backbone.num_decoder_layers
+            taps = parse_layers(config.tap_layers)
+            taps = list(range(n)) if taps is None else taps
+            if not taps or taps[0] < 0 or taps[-1] > n:
+                raise ConfigError(f"bad config value tap_layers={config.tap_layers!r}: indices must lie in [0, {n}] "
+                                  f"(0 = the decoder's embeddings, {n} = its last layer) for backbone {backbone.name!r}")
+        else:
+            taps = taps_within(config, backbone, n, "last layer")
         self.taps = taps
         # one independent light module per tapped layer: the "parallel" in UniPT
         self.down = nn.ModuleList([down_projection(d, self.d_side) for _ in taps])
@@ -113,24 +139,37 @@ class UniPT(Method):
     def side_ffn_slots(self) -> list[tuple[nn.Module, str]]:
         return [(self, "ffn")]
 
-    def aggregate(self, states: list[torch.Tensor], mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Side network on the frozen states: returns (residual [B, L, d], confidence [B, n_taps])."""
+    def aggregate(self, states: list[torch.Tensor], mask: torch.Tensor,
+                  causal: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Side network on the frozen states: returns (residual [B, L, d], confidence [B, n_taps], or
+        [B, L, n_taps] with ``causal``: each position reads only itself and earlier positions)."""
         dtype = self.up.weight.dtype
         anchor_tokens = self.anchor_down(states[-1].to(dtype))
-        anchor = masked_mean(anchor_tokens, mask)
+        pool = prefix_mean if causal else masked_mean
+        keys = mask
+        if causal:
+            L = mask.shape[1]
+            keys = mask[:, None, :].bool() & torch.ones(L, L, dtype=torch.bool, device=mask.device).tril()
+        anchor = pool(anchor_tokens, mask)
         merged, scores = [], []
         for down, i in zip(self.down, self.taps):
             tapped = down(states[i].to(dtype))
-            merged.append(token_interaction(anchor_tokens, tapped, mask, self.config.eps))
-            scores.append(self.confidence_gate(anchor * masked_mean(tapped, mask)))
-        confidence = torch.softmax(torch.cat(scores, dim=1), dim=1)  # [B, n_taps], sums to 1 per sample
-        fused = torch.einsum("bn,bnld->bld", confidence, torch.stack(merged, dim=1))
+            merged.append(token_interaction(anchor_tokens, tapped, keys, self.config.eps))
+            scores.append(self.confidence_gate(anchor * pool(tapped, mask)))
+        confidence = torch.softmax(torch.cat(scores, dim=-1), dim=-1)  # sums to 1 over the taps
+        stacked = torch.stack(merged, dim=1)
+        fused = (torch.einsum("bln,bnld->bld", confidence, stacked) if causal
+                 else torch.einsum("bn,bnld->bld", confidence, stacked))
         return self.up(anchor_tokens + self.ffn(fused)), confidence
 
     def forward(self, batch):
         states, ctx = frozen_hidden_states(self.backbone, batch)
         mask = ctx.attention_mask
-        residual, confidence = self.aggregate(states, mask)
+        if self.backbone.seq2seq:
+            states = frozen_decoder_states(self.backbone, batch, states[-1], mask)
+            target = batch.get("decoder_attention_mask")
+            mask = torch.ones(states[0].shape[:2], dtype=mask.dtype, device=mask.device) if target is None else target
+        residual, confidence = self.aggregate(states, mask, causal=self.backbone.seq2seq)
         self.last_confidence = confidence.detach()
         hidden = states[-1].to(residual.dtype) + residual
-        return self.backbone.salient(hidden, mask)
+        return self.backbone.readout(hidden, {"attention_mask": mask})
