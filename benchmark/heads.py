@@ -52,9 +52,12 @@ class LabelWordHead(nn.Module):
         self.task, self.t2t = task, t2t
         self.lm_logits = backbone.lm_logits
         tok = backbone.tokenizer
-        eos = tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id
-        words = [tok(w, add_special_tokens=False)["input_ids"] + ([eos] if eos is not None else [])
-                 for w in t2t.label_words]
+        if tok is None:  # a memory prediction builds the architecture alone: shapes only, placeholder ids
+            words = [[2 + i, 1] for i in range(len(t2t.label_words))]
+        else:
+            eos = tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id
+            words = [tok(w, add_special_tokens=False)["input_ids"] + ([eos] if eos is not None else [])
+                     for w in t2t.label_words]
         longest = max(len(w) for w in words)
         if longest > target_length:
             word = t2t.label_words[max(range(len(words)), key=lambda i: len(words[i]))]

@@ -191,9 +191,20 @@ def test_lst_side_decoder_cross_attends_the_side_encoder():
     assert len(m.dec_side_layers) == m.backbone.num_decoder_layers
 
 
-def test_lst_fisher_init_on_seq2seq_is_refused_in_one_line():
-    from benchmark.errors import ConfigError
+def test_lst_fisher_init_prunes_both_stacks_with_one_hidden_set():
+    from helpers import toy_task
 
-    with pytest.raises(ConfigError, match="init=random") as e:
-        build_module("lst", "tiny-t5", head="seq2seq")
-    assert "\n" not in str(e.value)
+    module = build_module("lst", "tiny-t5", head="seq2seq", reduction=2, fisher_samples=8)
+    m = module.method
+    batches = [tiny_batch(m.backbone, n=4, length=10, seed=s) for s in range(2)]
+    m.prepare(batches, toy_task())
+    enc, dec = m.prune_plan, m.decoder_prune_plan
+    assert enc.samples == 8 and torch.equal(enc.hidden, dec.hidden)  # one hidden set for both stacks
+    bb_q = m.backbone.decoder_layers[0].layer[0].SelfAttention.q.weight
+    side_q = m.dec_side_layers[0].layer[0].SelfAttention.q.weight
+    rows = dec.inner[0][0]  # the self-attention width of decoder layer 0
+    torch.testing.assert_close(side_q, bb_q[rows][:, dec.hidden])
+    cross_k = m.dec_side_layers[0].layer[1].EncDecAttention.k  # reads the side encoder's kept channels
+    bb_k = m.backbone.decoder_layers[0].layer[1].EncDecAttention.k.weight
+    torch.testing.assert_close(cross_k.weight, bb_k[dec.inner[0][1]][:, enc.hidden])
+    assert not any(p.grad is not None for p in m.backbone.parameters())

@@ -63,14 +63,23 @@ def backbone_config(name: str) -> tuple[str, object, str]:
     return name, cfg, family.default_pooling if family else "cls"
 
 
-def build_backbone(config, label: str, pooling: str):
-    """Random-init backbone from ``config``, as ``load_backbone`` builds a random-config one (no tokenizer)."""
+def build_backbone(config, label: str, pooling: str, head: str = "classifier"):
+    """Random-init backbone from ``config``, as ``load_backbone`` builds a random-config one (no tokenizer);
+    ``head=seq2seq``: the whole encoder-decoder with its LM head."""
     from benchmark.backbones import Backbone, _family
 
     family = _family(config.model_type, label)
-    model = family.new_model(config)
+    seq2seq = head == "seq2seq"
+    if seq2seq and family.seq2seq_class_name is None:
+        raise UserError(f"backbone {label!r} is an encoder ({config.model_type}) and has no decoder for head=seq2seq; "
+                        f"use head=classifier")
+    model = family.new_model(config, seq2seq=seq2seq)
     if hasattr(model, "pooler"):
         model.pooler = None
     model.eval()
+    if seq2seq:
+        from benchmark.backbones.seq2seq import Seq2SeqBackbone
+
+        return Seq2SeqBackbone(label, model, None, family, pooling=pooling).freeze()
     return Backbone(label, model, None, family, pooling=pooling).freeze()
 

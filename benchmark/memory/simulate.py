@@ -107,12 +107,13 @@ def simulate(overrides: dict[str, str], fake: bool = True, device: str = "cpu") 
         with ExitStack() as build:
             for context in hints.build_contexts if fake else ():
                 build.enter_context(context())
-            backbone = build_backbone(config, label, r.pooling or pooling)
+            backbone = build_backbone(config, label, r.pooling or pooling, r.head)
             method = p.method_cls(backbone, p.method_cfg)
         if type(method).prepare is not Method.prepare:
             notes.append("prepare() skipped")
         module = METLModule(method, p.task, lr=p.method_cfg.lr, weight_decay=p.method_cfg.weight_decay,
-                            warmup_steps=0, head_dropout=p.method_cfg.head_dropout)
+                            warmup_steps=0, head_dropout=p.method_cfg.head_dropout,
+                            target_length=r.target_length, pad_targets=True)  # every target padded, as a memory run
         module.to(device)
         module._trainer = type("Trainer", (), {"estimated_stepping_batches": steps})()
         conf = module.configure_optimizers()
@@ -166,7 +167,8 @@ def simulate(overrides: dict[str, str], fake: bool = True, device: str = "cpu") 
             "nvidia_smi_bytes": caching.peak_reserved + CUDA_CONTEXT_BYTES,
             "cuda_max_allocated": torch.cuda.max_memory_allocated() if cuda else None,
             "cuda_max_reserved": torch.cuda.max_memory_reserved() if cuda else None,
-            "batch_size": r.batch_size, "max_length": r.max_length, "precision": r.precision, "backbone": label,
+            "batch_size": r.batch_size, "max_length": r.max_length, "precision": r.precision,
+            "backbone": f"{label}:seq2seq" if r.head == "seq2seq" else label,
             "device": "fake cpu" if fake else device_name(device), "task": r.task,
             "source": "predicted" if fake else "measured", "target": target if fake else torch.device(device).type,
             "steps": steps, "notes": "; ".join(notes), "error": None,

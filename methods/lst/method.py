@@ -37,8 +37,8 @@ encoder's output (after the side encoder's final LayerNorm, at the side width) u
 mask. The up-projection maps the side decoder's states, every position, into the frozen LM head (scaled by
 d ** -0.5 where T5 ties its embeddings): the side output *replaces* the backbone's decoder output, as in
 LST's code (its ``merge_last`` is off). The backbone's encoder and decoder both run without autograd.
-``init=fisher`` is not built for decoder blocks yet (their cross-attention breaks the width reading of
-``pruning.py``): on the seq2seq kind it is refused in one line, ``init=random`` runs.
+``init=fisher`` prunes both side stacks from one Fisher pass of the seq2seq loss, with one hidden channel
+set for both (``pruning.py``: the side decoder's cross-attention reads the side encoder's channels).
 """
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ import torch
 from torch import nn
 
 from methods.base import ConfigError, Method, MethodConfig
-from methods.lst.pruning import PrunePlan, fisher_prune_init
+from methods.lst.pruning import PrunePlan, fisher_prune_init, fisher_prune_init_seq2seq
 from methods.side import check_layers, fresh_norm_like, frozen_decoder_states, frozen_hidden_states, parse_layers
 
 INIT_CHOICES = ("fisher", "random")
@@ -106,9 +106,6 @@ class LST(Method):
             if any(i >= nd for i in dropped) or len(dropped) >= nd:
                 raise ConfigError(f"bad config value drop_layers={config.drop_layers!r}: indices must lie in "
                                   f"[0, {nd - 1}] and keep at least one decoder layer of backbone {backbone.name!r}")
-            if config.init == "fisher":
-                raise ConfigError("bad config value init='fisher': the Fisher pruning init is not built for decoder "
-                                  "blocks yet; use init=random on a seq2seq backbone")
             self.decoder_source_layers = [i for i in range(nd) if i not in dropped]
             self.dec_embed_down = nn.Linear(d, self.d_side)
             self.dec_ladders = nn.ModuleList([nn.Linear(d, self.d_side) for _ in self.decoder_source_layers])
@@ -130,6 +127,14 @@ class LST(Method):
     def prepare(self, train_loader, task) -> None:
         """Fisher-ranked structured pruning of the backbone into the side layers (init=fisher only)."""
         if self.config.init != "fisher":
+            return
+        if self.backbone.seq2seq:
+            plan, self.decoder_prune_plan = fisher_prune_init_seq2seq(
+                self.backbone, self.side_layers, self.source_layers, self.dec_side_layers,
+                self.decoder_source_layers, train_loader, task, self.config.fisher_samples)
+            self.prune_plan = plan
+            print(f"lst: side encoder and decoder initialised from Fisher-ranked pruning ({plan.samples} samples, "
+                  f"{plan.seconds:.1f} s)", file=sys.stderr)
             return
         plan = fisher_prune_init(self.backbone, self.side_layers, self.source_layers, train_loader, task,
                                  self.config.fisher_samples)

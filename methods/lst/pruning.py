@@ -30,6 +30,14 @@ Fisher of every weight tied to it. The hidden ranking sums over every kept layer
 (N(0, 0.02), fixed seed) is discarded; the backbone runs in eval mode (no dropout) for the pass, with
 gradients only for its layers' weights, and is frozen again afterwards with no gradient kept.
 Cost: one forward and backward of the backbone per mini-batch (32 batches for 1,024 samples at batch 32).
+
+Seq2seq (LST's T5 code prunes its side decoder too): the loss is the model's own, token cross-entropy of
+the gold label word through the frozen LM head (no temporary head), one backward gives the Fisher of
+encoder and decoder layers together. The hidden width is ONE index set for both stacks (ranked by their
+summed Fisher): the side decoder's cross-attention reads the side encoder's output, so its key/value
+columns must index the channels the side encoder kept. A decoder block is read like any layer, its
+cross-attention key and value reading the memory (a residual-stream input) and making a second attention
+width; ``DecoderStack`` presents the decoder to these functions as a stack of its own.
 """
 from __future__ import annotations
 
@@ -94,11 +102,12 @@ def layer_axes(backbone, layer: nn.Module) -> LayerAxes:
             hooks.append(m.register_forward_hook(
                 lambda mod, inp, out, kind=kind, name=name: calls.append((kind, name, inp[0], out))))
     x = torch.randn(1, 4, d, dtype=dtype, device=device)
+    ctx = backbone.layer_context(torch.ones(1, 4, dtype=torch.long, device=device), dtype)
     was_training = layer.training
     layer.eval()
     try:
         with torch.no_grad():
-            backbone.run_layer(layer, x, backbone.layer_context(torch.ones(1, 4, dtype=torch.long, device=device), dtype))
+            backbone.run_layer(layer, x, ctx)
     finally:
         layer.train(was_training)
         for h in hooks:
@@ -107,7 +116,7 @@ def layer_axes(backbone, layer: nn.Module) -> LayerAxes:
     def same(a: torch.Tensor, b: torch.Tensor) -> bool:
         return a.data_ptr() == b.data_ptr() and a.shape == b.shape
 
-    residual = [x]
+    residual = [x] + ([ctx.extra["memory"]] if "memory" in ctx.extra else [])  # cross-attention reads it
     roles: dict[str, tuple] = {}
     inner: list[InnerWidth] = []
     current: InnerWidth | None = None
@@ -134,7 +143,7 @@ def layer_axes(backbone, layer: nn.Module) -> LayerAxes:
             g = len(inner) - 1
             roles[f"{name}.weight"], roles[f"{name}.bias"] = (HIDDEN, g), (HIDDEN,)
     missing = [n for n in linears if f"{n}.weight" not in roles]
-    if missing or sum(w.attention for w in inner) != 1 or any(not w.readers for w in inner):
+    if missing or not any(w.attention for w in inner) or any(not w.readers for w in inner):
         raise UserError(f"lst: cannot read the structure of a {type(layer).__name__} layer for Fisher init "
                         f"(unplaced Linears {missing}); use init=random")
     for name, m in norms.items():
@@ -145,6 +154,27 @@ def layer_axes(backbone, layer: nn.Module) -> LayerAxes:
     for n in params:
         roles.setdefault(n, None)  # copied only where side and backbone shapes agree
     return LayerAxes(roles, inner)
+
+
+class DecoderStack:
+    """A seq2seq backbone's decoder, presented to the pruning as a stack of layers (``layers``,
+    ``run_layer``, ``layer_context``); a layer context carries a random memory for the cross-attention."""
+
+    def __init__(self, backbone):
+        self.backbone = backbone
+        self.hidden_size = backbone.hidden_size
+
+    @property
+    def layers(self):
+        return self.backbone.decoder_layers
+
+    def run_layer(self, layer, hidden, ctx):
+        return self.backbone.run_decoder_layer(layer, hidden, ctx)
+
+    def layer_context(self, mask, dtype):
+        memory = torch.randn(mask.shape[0], 3, self.hidden_size, dtype=dtype, device=mask.device)
+        memory_mask = torch.ones(mask.shape[0], 3, dtype=torch.long, device=mask.device)
+        return self.backbone.decoder_context(mask.shape[1], memory, memory_mask, dtype)
 
 
 def attention_heads(module: nn.Module) -> int:
@@ -214,20 +244,70 @@ def empirical_fisher(backbone, layer_indices: list[int], train_loader, task, sam
     return fisher, seen
 
 
+def seq2seq_fisher(backbone, encoder_layers: list[int], decoder_layers: list[int], train_loader, task,
+                   samples: int) -> tuple[dict, dict, int]:
+    """Summed squared gradients of the seq2seq loss (the gold label word through the frozen LM head) for
+    every parameter of the given encoder and decoder layers: (encoder fisher, decoder fisher, samples)."""
+    from benchmark.heads import LabelWordHead
+
+    enc = {(k, n): p for k in encoder_layers for n, p in backbone.layers[k].named_parameters()}
+    dec = {(k, n): p for k in decoder_layers for n, p in backbone.decoder_layers[k].named_parameters()}
+    head = LabelWordHead(backbone, task, target_length=512)
+    device = next(backbone.parameters()).device
+    head.to(device)
+    fisher = {("enc",) + key: torch.zeros_like(p) for key, p in enc.items()}
+    fisher |= {("dec",) + key: torch.zeros_like(p) for key, p in dec.items()}
+    params = [*enc.values(), *dec.values()]
+    was_training = backbone.training
+    was_trainable = {id(p): p.requires_grad for p in backbone.parameters()}
+    backbone.eval()
+    for p in params:
+        p.requires_grad_(True)
+    seen = 0
+    try:
+        for batch in train_loader:
+            if seen >= samples:
+                break
+            n = min(len(batch["labels"]), samples - seen)
+            batch = {k: v[:n].to(device) for k, v in batch.items()}
+            loss = head.loss(backbone, {k: v for k, v in batch.items() if k != "labels"}, batch)
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
+            for key, grad in zip(fisher, grads):
+                if grad is not None:
+                    fisher[key] += grad.detach().float() ** 2
+            seen += n
+    finally:  # frozen again as before, and no gradient kept anywhere in the backbone
+        for p in backbone.parameters():
+            p.requires_grad_(was_trainable[id(p)])
+            p.grad = None
+        backbone.train(was_training)
+    if seen == 0:
+        raise UserError("lst: the training loader gave no samples for the Fisher init; use init=random")
+    split = lambda tag: {key[1:]: f for key, f in fisher.items() if key[0] == tag}  # noqa: E731
+    return split("enc"), split("dec"), seen
+
+
 def _channel_score(f: torch.Tensor, axis: int) -> torch.Tensor:
     return f.sum(dim=[a for a in range(f.ndim) if a != axis]) if f.ndim > 1 else f
 
 
-def plan_pruning(backbone, side_layers: nn.ModuleList, source_layers: list[int], axes: LayerAxes,
-                 fisher: dict) -> PrunePlan:
-    """Rank channels by summed Fisher and keep the top 1/r: one hidden set, per-layer inner sets."""
-    hidden_score = torch.zeros(backbone.hidden_size)
+def hidden_score(backbone, source_layers: list[int], axes: LayerAxes, fisher: dict) -> torch.Tensor:
+    """The summed Fisher of every hidden (residual) channel over the source layers."""
+    score = torch.zeros(backbone.hidden_size)
     for k in source_layers:
         for name, role in axes.roles.items():
             if role and (k, name) in fisher:
                 for axis, r in enumerate(role):
                     if r == HIDDEN:
-                        hidden_score += _channel_score(fisher[(k, name)], axis).cpu()
+                        score += _channel_score(fisher[(k, name)], axis).cpu()
+    return score
+
+
+def plan_pruning(backbone, side_layers: nn.ModuleList, source_layers: list[int], axes: LayerAxes,
+                 fisher: dict, hidden: torch.Tensor | None = None) -> PrunePlan:
+    """Rank channels by summed Fisher and keep the top 1/r: one hidden set (by ``hidden``, a score given
+    for several stacks at once, else this stack's), per-layer inner sets."""
+    scores = hidden if hidden is not None else hidden_score(backbone, source_layers, axes, fisher)
     side_params = dict(side_layers[0].named_parameters())
     d_side = next(side_params[n].shape[i] for n, role in axes.roles.items() if role
                   for i, r in enumerate(role) if r == HIDDEN)
@@ -248,7 +328,7 @@ def plan_pruning(backbone, side_layers: nn.ModuleList, source_layers: list[int],
             else:
                 sets.append(top_sorted(score, side_width))
         inner[k] = sets
-    return PrunePlan(hidden=top_sorted(hidden_score, d_side), inner=inner)
+    return PrunePlan(hidden=top_sorted(scores, d_side), inner=inner)
 
 
 def pruned(param: torch.Tensor, role: tuple | None, plan: PrunePlan, k: int) -> torch.Tensor:
@@ -280,6 +360,28 @@ def copy_pruned(backbone, side_layers: nn.ModuleList, source_layers: list[int], 
                 continue
             p.copy_(value.to(p.dtype))
     return left
+
+
+def fisher_prune_init_seq2seq(backbone, side_layers: nn.ModuleList, source_layers: list[int],
+                              dec_side_layers: nn.ModuleList, dec_source_layers: list[int], train_loader, task,
+                              samples: int) -> tuple[PrunePlan, PrunePlan]:
+    """Both side stacks of a seq2seq LST from one Fisher pass, with one hidden set (module doc)."""
+    t0 = time.perf_counter()
+    decoder = DecoderStack(backbone)
+    enc_axes = layer_axes(backbone, backbone.layers[source_layers[0]])
+    dec_axes = layer_axes(decoder, decoder.layers[dec_source_layers[0]])
+    enc_f, dec_f, seen = seq2seq_fisher(backbone, source_layers, dec_source_layers, train_loader, task, samples)
+    hidden = (hidden_score(backbone, source_layers, enc_axes, enc_f)
+              + hidden_score(decoder, dec_source_layers, dec_axes, dec_f))
+    plans = []
+    for stack, sides, sources, axes, fisher in ((backbone, side_layers, source_layers, enc_axes, enc_f),
+                                                (decoder, dec_side_layers, dec_source_layers, dec_axes, dec_f)):
+        plan = plan_pruning(stack, sides, sources, axes, fisher, hidden=hidden)
+        plan.axes = axes
+        plan.left_as_initialised = copy_pruned(stack, sides, sources, axes, plan)
+        plan.seconds, plan.samples = time.perf_counter() - t0, seen
+        plans.append(plan)
+    return plans[0], plans[1]
 
 
 def fisher_prune_init(backbone, side_layers: nn.ModuleList, source_layers: list[int], train_loader, task,
