@@ -37,19 +37,21 @@ def _label(method: str, variant: str) -> str:
     return method if not variant or variant == method else f"{method}@{variant}"
 
 
-def predicted(backbone: str, batch: int, length: int, precision: str, results_dir: Path):
+def predicted(backbone: str, batch: int, length: int, precision: str, results_dir: Path, head: str = "classifier"):
     """Rows of a prediction for this configuration: the committed table if it matches, else a new one."""
     import pandas as pd
+
+    label = kind_label(backbone, head)
 
     def matching(path: Path):
         if not path.is_file():
             return None
         df = pd.read_csv(path)
-        df = df[(df["backbone"].astype(str) == backbone) & (df["batch_size"] == batch)
+        df = df[(df["backbone"].astype(str) == label) & (df["batch_size"] == batch)
                 & (df["max_length"] == length) & (df["precision"].astype(str) == precision)]
         return df if len(df) else None
 
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", f"{backbone}-b{batch}-l{length}-{precision}")
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", f"{label}-b{batch}-l{length}-{precision}")
     cached = results_dir / "tmp" / f"memory_predicted-{slug}.csv"
     for path in (results_dir / "memory_predicted.csv", cached):
         df = matching(path)
@@ -58,8 +60,9 @@ def predicted(backbone: str, batch: int, length: int, precision: str, results_di
     cached.parent.mkdir(parents=True, exist_ok=True)
     print(f"predicting every method at {backbone}, batch {batch}, length {length}, {precision} "
           f"(fake tensors, a few minutes) ...", file=sys.stderr, flush=True)
-    proc = subprocess.run([sys.executable, "-m", "benchmark.memory.predict", f"backbone={backbone}", f"batch_size={batch}",
-                           f"max_length={length}", f"precision={precision}", f"out={cached}", "--cached"],
+    proc = subprocess.run([sys.executable, "-m", "benchmark.memory.predict", f"backbone={backbone}", f"head={head}",
+                           f"batch_size={batch}", f"max_length={length}", f"precision={precision}", f"out={cached}",
+                           "--cached"],
                           stdout=subprocess.DEVNULL)
     if proc.returncode == 2:
         raise UserError("the prediction refused its input (see the line above)")
@@ -99,7 +102,13 @@ def _shown(row) -> float:
     return row["peak_train_bytes"] + CUDA_CONTEXT_BYTES
 
 
-def largest_batches(limit: int, backbone: str, batch: int, length: int, precision: str) -> dict[str, dict]:
+def kind_label(backbone: str, head: str) -> str:
+    """The backbone as results and predictions file it: ``<name>:seq2seq`` for the seq2seq kind."""
+    return f"{backbone}:seq2seq" if head == "seq2seq" else backbone
+
+
+def largest_batches(limit: int, backbone: str, batch: int, length: int, precision: str,
+                    head: str = "classifier") -> dict[str, dict]:
     """Method name -> its largest batch under ``limit`` at ``length`` (``memory/capacity.py``), every method's
     default configuration in its own process, probes cached on disk (a second call simulates nothing)."""
     from benchmark.memory.capacity import PredictionCache, default_cache_folder
@@ -108,7 +117,7 @@ def largest_batches(limit: int, backbone: str, batch: int, length: int, precisio
     cache = PredictionCache(default_cache_folder())
     # the same settings, in the same form, as the table's rows (memory/table.py row_overrides): a probe at the
     # asked batch is the table's prediction, read from the cache
-    question = {name: {"backbone": backbone, "batch_size": str(batch), "max_length": str(length),
+    question = {name: {"backbone": backbone, "head": head, "batch_size": str(batch), "max_length": str(length),
                        "precision": precision, "method": name, "variant": ""} for name in METHODS}
     answers = {name: cache.peek({**ov, "largest_under": str(limit)}) for name, ov in question.items()}
     todo = [(name, ov, None) for name, ov in question.items() if answers[name] is None]
@@ -125,16 +134,22 @@ def largest_batches(limit: int, backbone: str, batch: int, length: int, precisio
 
 
 def advise(budget: str, backbone: str, batch: int, length: int, task: str = "", precision: str = "32-true",
-           results_dir: str | Path = "results", largest: bool = True) -> list[dict]:
+           results_dir: str | Path = "results", largest: bool = True, head: str = "") -> list[dict]:
+    from benchmark.backbones import default_head
+
     limit = parse_budget(budget)
+    head = head or default_head(backbone)
+    if head not in ("classifier", "seq2seq"):
+        raise UserError(f"bad value head={head!r}: must be classifier or seq2seq")
     results_dir = Path(results_dir)
     if task:
         from tasks import TASKS
 
         TASKS.card(task)  # an unknown name fails here, in one line (no task code imported)
-    pred, source = predicted(backbone, batch, length, precision, results_dir)
-    acc = accuracy(task, backbone, results_dir)
-    biggest = largest_batches(limit, backbone, batch, length, precision) if largest else {}
+    pred, source = predicted(backbone, batch, length, precision, results_dir, head)
+    acc = accuracy(task, kind_label(backbone, head), results_dir)
+    biggest = largest_batches(limit, backbone, batch, length, precision, head) if largest else {}
+    shown_as = kind_label(backbone, head)  # as results and predictions name it
     rows = []
     for _, r in pred.iterrows():
         label = _label(str(r["method"]), str(r["variant"]) if isinstance(r["variant"], str) else "")
@@ -153,8 +168,8 @@ def advise(budget: str, backbone: str, batch: int, length: int, task: str = "", 
     rows.sort(key=lambda r: (not r["fits"], math.isnan(r["mean"]), -(0 if math.isnan(r["mean"]) else r["mean"]),
                              r["peak_bytes"] if r["peak_bytes"] is not None else math.inf))
     gib = limit / 2**30
-    print(f"budget {gib:.2f} GiB; {backbone}, batch {batch}, length {length}, {precision}; peaks predicted on fake "
-          f"tensors ({source}); accuracy: {f'{task} test score, mean ± std (n seeds), on {backbone}' if task else 'no TASK given'}")
+    print(f"budget {gib:.2f} GiB; {shown_as}, batch {batch}, length {length}, {precision}; peaks predicted on fake "
+          f"tensors ({source}); accuracy: {f'{task} test score, mean ± std (n seeds), on {shown_as}' if task else 'no TASK given'}")
     print(f"fits: the predicted max_memory_reserved plus {CUDA_CONTEXT_BYTES / 2**20:.0f} MiB of CUDA context "
           f"(an estimate), what nvidia-smi would show, within the budget")
     print(f"{'':1} {'method':36} {'peak GiB':>9} {'nvidia-smi':>10} {'fits':>10} {'largest batch':>13}  accuracy")
@@ -186,13 +201,13 @@ def main(argv: list[str] | None = None) -> int:
     from benchmark.config import parse_overrides
 
     p = OverridesParser(prog="python -m benchmark.advise", description=__doc__.split("\n\n")[0])
-    p.add_argument("overrides", nargs="*", help="budget= backbone= batch_size= max_length= task= precision=")
+    p.add_argument("overrides", nargs="*", help="budget= backbone= head= batch_size= max_length= task= precision=")
     args = p.parse_args(argv)
     quiet()
     o = parse_overrides(args.overrides)
-    unknown = set(o) - {"budget", "backbone", "batch_size", "max_length", "task", "precision", "results_dir"}
+    unknown = set(o) - {"budget", "backbone", "head", "batch_size", "max_length", "task", "precision", "results_dir"}
     if unknown:
-        raise UserError(f"unknown key {sorted(unknown)[0]!r}; valid: budget backbone batch_size max_length task "
+        raise UserError(f"unknown key {sorted(unknown)[0]!r}; valid: budget backbone head batch_size max_length task "
                         f"precision results_dir")
     if "budget" not in o:
         raise UserError("give a memory budget: BUDGET=8GiB (make advise) or budget=8GiB")
@@ -201,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         raise UserError("batch_size and max_length must be whole numbers") from None
     advise(o["budget"], o.get("backbone", "t5-base"), batch, length, o.get("task", ""),
-           o.get("precision", "32-true"), o.get("results_dir", "results"))
+           o.get("precision", "32-true"), o.get("results_dir", "results"), head=o.get("head", ""))
     return 0
 
 

@@ -153,9 +153,9 @@ def list_command(argv: list[str] | None = None) -> int:
     print("tasks:")
     for name, t in TASKS.items():
         print(f"  {name:<16} v{t.version}  {t.family:<10} {t.about}")
-    print("backbones (or hf:<hub id>, owner/name, a local model directory):")
+    print("backbones (or hf:<hub id>, owner/name, a local model directory; head= overrides the kind):")
     for name, spec in BACKBONES.items():
-        print(f"  {name:<18} {spec.about}")
+        print(f"  {name:<18} {spec.head:<10} {spec.about}")
     return 0
 
 

@@ -26,8 +26,8 @@ class RunConfig:
     pooling: str = ""  # "" = the backbone's default ("cls" or "mean")
     # classifier: the backbone's encoder read by a new task head; seq2seq: an encoder-decoder (T5) trained
     # text-to-text as the METL papers ran it (the task's label words through the frozen LM head); results
-    # are filed under "<backbone>:seq2seq"
-    head: str = "classifier"
+    # are filed under "<backbone>:seq2seq". "" = the backbone's default (seq2seq for T5 names, make list)
+    head: str = ""
     target_length: int = 8  # seq2seq: decoder positions of a padded (memory) run, the papers' 8; else the longest label word
     # budget
     epochs: int = 1
@@ -82,7 +82,7 @@ class RunConfig:
         need(self.limit_eval_samples >= 0, "limit_eval_samples", "must be >= 0")
         need(self.num_nodes >= 1, "num_nodes", "must be >= 1")
         need(self.pooling in ("", "cls", "mean"), "pooling", "must be cls or mean")
-        need(self.head in ("classifier", "seq2seq"), "head", "must be classifier or seq2seq")
+        need(self.head in ("", "classifier", "seq2seq"), "head", "must be classifier or seq2seq")
         need(1 <= self.target_length <= 512, "target_length", "must be in [1, 512]")
         need(self.wandb in ("offline", "online", "disabled"), "wandb", "must be offline, online or disabled")
         need(self.precision in ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true"),

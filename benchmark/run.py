@@ -61,6 +61,10 @@ def plan(overrides: dict[str, str]) -> Plan:
             VISUAL_ENCODERS.get(vision)  # the one-line unknown-name error, listing the valid ones
     run_vals, method_vals = split_overrides(overrides, RunConfig, method_cls.config_class)
     run = build(RunConfig, run_vals, "run")
+    if not run.head:  # the backbone's default kind, recorded as resolved
+        from benchmark.backbones import default_head
+
+        run = dataclasses.replace(run, head=default_head(run.backbone))
     given = current_names(method_cls.config_class, method_vals)
     variant: dict[str, str] = {}
     if run.variant:

@@ -15,7 +15,8 @@ from benchmark.memory.table import COLUMNS, MEASURED_ONLY
 from methods.base import METHODS
 
 TINY = {"batch_size": "4", "max_length": "16", "target": "cpu", "steps": "2"}
-ROWS = [(bb, m, "") for bb in ("tiny-bert", "tiny-t5") for m in METHODS.names()]
+# tiny-t5 runs as the seq2seq kind by default (encoder-decoder, LM head); "tiny-t5/classifier": its encoder + head
+ROWS = [(bb, m, "") for bb in ("tiny-bert", "tiny-t5", "tiny-t5/classifier") for m in METHODS.names()]
 ROWS += [("tiny-bert", "mpismoe", "mpismoe-4bit")]
 _RUNS: dict[tuple, tuple[dict, dict]] = {}
 
@@ -23,7 +24,8 @@ _RUNS: dict[tuple, tuple[dict, dict]] = {}
 def predicted_and_real(backbone: str, method: str, variant: str = "") -> tuple[dict, dict]:
     key = (backbone, method, variant)
     if key not in _RUNS:
-        overrides = {**TINY, "backbone": backbone, "method": method, "variant": variant}
+        backbone, _, head = backbone.partition("/")
+        overrides = {**TINY, "backbone": backbone, "method": method, "variant": variant, **({"head": head} if head else {})}
         _RUNS[key] = simulate(overrides, fake=True), simulate(overrides, fake=False)
     return _RUNS[key]
 

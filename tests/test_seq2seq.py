@@ -208,3 +208,22 @@ def test_lst_fisher_init_prunes_both_stacks_with_one_hidden_set():
     bb_k = m.backbone.decoder_layers[0].layer[1].EncDecAttention.k.weight
     torch.testing.assert_close(cross_k.weight, bb_k[dec.inner[0][1]][:, enc.hidden])
     assert not any(p.grad is not None for p in m.backbone.parameters())
+
+
+def test_t5_names_default_to_the_seq2seq_kind_and_head_classifier_keeps_the_encoder(glue_dir):
+    from benchmark.backbones import default_head
+
+    assert [default_head(n) for n in ("t5-base", "tiny-t5", "hf:google/flan-t5-base", "minilm", "bert-base-uncased")] \
+        == ["seq2seq", "seq2seq", "seq2seq", "classifier", "classifier"]
+    assert plan({"backbone": "tiny-t5", "task": "rte"}).backbone_label == "tiny-t5:seq2seq"
+    assert plan({"backbone": "tiny-t5", "task": "rte", "head": "classifier"}).backbone_label == "tiny-t5"
+    assert plan({"backbone": "minilm", "task": "rte"}).run.head == "classifier"
+
+
+def test_a_saved_encoder_directory_defaults_to_the_classifier_kind(tmp_path):
+    from benchmark.backbones import default_head
+
+    (tmp_path / "config.json").write_text('{"model_type": "t5", "architectures": ["T5EncoderModel"]}')
+    assert default_head(str(tmp_path)) == "classifier"
+    (tmp_path / "config.json").write_text('{"model_type": "t5", "architectures": ["T5ForConditionalGeneration"]}')
+    assert default_head(str(tmp_path)) == "seq2seq"

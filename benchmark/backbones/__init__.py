@@ -28,6 +28,7 @@ class BackboneSpec:
     tokenizer: str | Callable[[], str] | None = None
     offline: bool = False
     about: str = ""
+    head: str = "classifier"  # the kind a run gets without head=: seq2seq for the T5 names (the papers' setting)
 
 
 BACKBONES: Registry[BackboneSpec] = Registry("backbone", env_var="BACKBONE")
@@ -59,11 +60,13 @@ BACKBONES.register("minilm", BackboneSpec(packaged_minilm, pooling="mean", offli
 BACKBONES.register("tiny-bert", BackboneSpec(packaged_minilm, random_config=_tiny_bert, offline=True,
                                              about="2-layer width-32 BERT, random init (tests)"))
 BACKBONES.register("tiny-t5", BackboneSpec(packaged_minilm, pooling="mean", random_config=_tiny_t5, offline=True,
-                                           about="2-layer width-32 T5, random init (tests; head=seq2seq adds its decoder)"))
+                                           about="2-layer width-32 T5 encoder-decoder, random init (tests)",
+                                           head="seq2seq"))
 for _hub_id, _model_type in [("bert-base-uncased", "bert"), ("roberta-base", "roberta"), ("t5-small", "t5"),
                              ("t5-base", "t5"), ("t5-large", "t5")]:
     BACKBONES.register(_hub_id, BackboneSpec(_hub_id, pooling=FAMILIES[_model_type].default_pooling,
-                                             about="Hugging Face hub"))
+                                             about="Hugging Face hub",
+                                             head="seq2seq" if FAMILIES[_model_type].seq2seq_class_name else "classifier"))
 
 
 def _resolve(name: str) -> tuple[str, BackboneSpec]:
@@ -83,6 +86,29 @@ def _resolve(name: str) -> tuple[str, BackboneSpec]:
     except UserError as e:
         raise UserError(f"{e}, or hf:<hub id>, owner/name, or a local model directory") from None
     raise AssertionError
+
+
+def default_head(name: str) -> str:
+    """The kind a backbone name runs as without ``head=``: a registered name's own (seq2seq for the T5
+    names, the METL papers' setting); a local model directory or config.json: seq2seq when its family has a
+    decoder and it was not saved as an encoder alone; a hub id: seq2seq when its name says T5 (t5, mt5,
+    flan-t5, ...), since its config is not read before the run. Everything else: classifier."""
+    import json
+
+    if name in BACKBONES:
+        return BACKBONES.get(name).head
+    path = Path(name[3:] if name.startswith("hf:") else name)
+    config = path / "config.json" if path.is_dir() else path
+    if config.is_file() and config.suffix == ".json":
+        try:
+            d = json.loads(config.read_text())
+        except (OSError, ValueError):
+            return "classifier"  # a broken config is reported where it is loaded
+        family = FAMILIES.get(d.get("model_type", ""))
+        encoder_only = any("Encoder" in a for a in d.get("architectures") or [])
+        return "seq2seq" if family is not None and family.seq2seq_class_name and not encoder_only else "classifier"
+    last = name.rsplit("/", 1)[-1].lower()
+    return "seq2seq" if "t5" in last else "classifier"
 
 
 def _family(model_type: str, name: str):

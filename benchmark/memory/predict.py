@@ -41,6 +41,7 @@ import signal
 import sys
 import time
 import traceback
+from pathlib import Path
 
 from benchmark.cli import OverridesParser, entry_point, quiet
 from benchmark.errors import UserError
@@ -126,6 +127,30 @@ def run_rows(jobs_list: list[tuple[object, dict[str, str], str | None]], jobs: i
     return out
 
 
+CONFIGURATION = ("backbone", "batch_size", "max_length", "precision")
+
+
+def _other_configurations(out: str, row: dict):
+    """The rows of ``out`` predicted for another configuration (backbone kind, batch, length, precision) than
+    ``row``'s: a new prediction replaces its own configuration's rows and keeps these."""
+    import pandas as pd
+
+    path = Path(out)
+    if not path.is_file():
+        return None
+    try:
+        old = pd.read_csv(path)
+    except (OSError, ValueError, pd.errors.ParserError):
+        return None
+    if not set(CONFIGURATION) <= set(old.columns):
+        return None
+    same = pd.Series(True, index=old.index)
+    for k in CONFIGURATION:
+        same &= old[k].astype(str) == str(row[k])
+    rest = old[~same]
+    return rest if len(rest) else None
+
+
 def predict_all(overrides: dict[str, str], methods: list[str] | None = None,
                 out: str = "results/memory_predicted.csv", jobs: int = 2, cached: bool = False) -> int:
     rows = select_rows(methods)
@@ -146,8 +171,13 @@ def predict_all(overrides: dict[str, str], methods: list[str] | None = None,
             print(f"{f['variant']}: failed: {f['error']}", file=sys.stderr)
         print("no memory row could be predicted", file=sys.stderr)
         return 1
-    df = write_table(ok, out, failed, predicted=True)
     first = ok[0]
+    others = _other_configurations(out, first)
+    df = write_table(ok, out, failed, predicted=True)
+    if others is not None:  # one table keeps every predicted configuration (t5-base and t5-base:seq2seq, ...)
+        import pandas as pd
+
+        pd.concat([df, others], ignore_index=True).to_csv(out, index=False)
     print(format_table(df))
     print(f"\npredicted peak training memory (FakeTensorMode + MemoryTracker), GiB = 1024^3 bytes; "
           f"{first['backbone']}, batch {first['batch_size']}, length {first['max_length']}, {first['precision']}, "

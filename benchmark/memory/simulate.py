@@ -49,6 +49,10 @@ def _split(overrides: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
     from tasks import default_task
 
     rest.setdefault("task", default_task().name)
+    if not rest.get("head"):  # the predicted backbone's default kind (seq2seq for the T5 names)
+        from benchmark.backbones import default_head
+
+        rest["head"] = default_head(own["backbone"])
     for k in ("batch_size", "max_length", "precision"):
         rest.setdefault(k, DEFAULTS[k])
     return own, rest

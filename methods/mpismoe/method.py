@@ -291,8 +291,11 @@ class MPISMoE(Method):
         tables: dict[tuple, nn.Embedding] = {}
         for name, m in model.named_modules(remove_duplicate=False):
             if isinstance(m, nn.Embedding):
-                w = m.weight  # tied tables: one Parameter, or one storage at one offset and shape
-                key = (w.data_ptr(), tuple(w.shape), w.stride()) if w.device.type != "meta" else (id(w),)
+                # tied tables: one Parameter, or one storage (keyed by its Python object, as storage.py does: fake
+                # tensors have no data pointer, and T5's encoder and decoder position-bias tables have one shape)
+                w = m.weight
+                key = (id(w.untyped_storage()), w.storage_offset(), tuple(w.shape), w.stride()) \
+                    if w.device.type != "meta" else (id(w),)
                 places.setdefault(key, []).append(name)
                 tables.setdefault(key, m)
         for key, names in places.items():
