@@ -227,3 +227,18 @@ def test_a_saved_encoder_directory_defaults_to_the_classifier_kind(tmp_path):
     assert default_head(str(tmp_path)) == "classifier"
     (tmp_path / "config.json").write_text('{"model_type": "t5", "architectures": ["T5ForConditionalGeneration"]}')
     assert default_head(str(tmp_path)) == "seq2seq"
+
+
+def test_a_saved_t5_directory_runs_as_seq2seq_through_the_hub_loading_path(glue_dir, tmp_path):
+    """The code path of a hub name (from_pretrained of T5ForConditionalGeneration and its tokenizer), on a
+    directory in the format save_pretrained writes."""
+    t5 = load_backbone("tiny-t5", head="seq2seq")
+    folder = tmp_path / "my-t5"
+    t5.model.save_pretrained(folder)
+    t5.tokenizer.save_pretrained(folder)
+    dirs = {"results_dir": str(tmp_path / "results"), "run_dir": str(tmp_path / "runs")}
+    quick = {k: v for k, v in TINY.items() if k not in ("backbone", "head")}
+    path = run({**quick, **dirs, "backbone": str(folder), "method": "lst", "task": "rte", "data_dir": str(glue_dir),
+                "fisher_samples": "4"})
+    rec = json.loads(path.read_text())
+    assert rec["run"]["backbone"] == f"{folder}:seq2seq" and rec["run"]["status"] == "ok"
