@@ -52,15 +52,20 @@ class LabelWordHead(nn.Module):
         self.task, self.t2t = task, t2t
         self.lm_logits = backbone.lm_logits
         tok = backbone.tokenizer
+        label_words = t2t.words(task)
+        if not label_words:
+            raise UserError(f"task {task.name!r} has no label words yet (its answers come from its data); "
+                            f"load the task before building the head")
+        self.label_words = label_words
         if tok is None:  # a memory prediction builds the architecture alone: shapes only, placeholder ids
-            words = [[2 + i, 1] for i in range(len(t2t.label_words))]
+            words = [[2 + i, 1] for i in range(len(label_words))]
         else:
             eos = tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id
             words = [tok(w, add_special_tokens=False)["input_ids"] + ([eos] if eos is not None else [])
-                     for w in t2t.label_words]
+                     for w in label_words]
         longest = max(len(w) for w in words)
         if longest > target_length:
-            word = t2t.label_words[max(range(len(words)), key=lambda i: len(words[i]))]
+            word = label_words[max(range(len(words)), key=lambda i: len(words[i]))]
             raise UserError(f"bad config value target_length={target_length}: task {task.name!r}'s label word "
                             f"{word!r} takes {longest} tokens with its end token; use target_length={longest} or more")
         T = target_length if pad_targets else longest

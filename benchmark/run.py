@@ -164,8 +164,9 @@ def vision_language(text_backbone, p: Plan):
     r = p.run
     encoder = load_visual_encoder(r.vision)
     cache = FeatureCache(r.feature_cache or default_cache_root())
-    backbone = VisionLanguageBackbone(text_backbone, encoder_name=r.vision, feature_dim=encoder.feature_dim,
-                                      tokens=encoder.num_tokens, images=p.task.images_per_example)
+    kind = VisionLanguageBackbone.over(text_backbone)
+    backbone = kind(text_backbone, encoder_name=r.vision, feature_dim=encoder.feature_dim,
+                    tokens=encoder.num_tokens, images=p.task.images_per_example)
     def image_features(paths):
         t0 = time.time()
         feats = cache.features(encoder, paths, progress=r.progress)

@@ -59,7 +59,7 @@ class TextToText:
 
     prefix: str
     fields: tuple[str, ...]  # the name written before text_a (and text_b)
-    label_words: tuple[str, ...]  # class id -> word (regression: value i -> word i)
+    label_words: tuple[str, ...] = ()  # class id -> word (regression: value i -> word i); () = the task's label_names
     values: tuple[float, ...] = ()  # regression only
     b_first: bool = False
 
@@ -70,6 +70,10 @@ class TextToText:
             if self.b_first:
                 parts.reverse()
         return " ".join([self.prefix] + [f"{name}: {text}" for name, text in parts])
+
+    def words(self, task: "Task") -> tuple[str, ...]:
+        """The label words: given, or the task's class names (an answer table its loader fills: easy_vqa)."""
+        return tuple(self.label_words) or tuple(task.label_names[:task.num_labels])
 
     def target_class(self, labels: torch.Tensor) -> torch.Tensor:
         """The class whose label word a target is: the label itself, or the nearest value (regression)."""

@@ -242,3 +242,24 @@ def test_a_saved_t5_directory_runs_as_seq2seq_through_the_hub_loading_path(glue_
                 "fisher_samples": "4"})
     rec = json.loads(path.read_text())
     assert rec["run"]["backbone"] == f"{folder}:seq2seq" and rec["run"]["status"] == "ok"
+
+
+@pytest.mark.parametrize("method", ["lst", "lora"])
+def test_easy_vqa_runs_text_to_text_with_visual_tokens_in_the_encoder(method, tmp_path):
+    """VL-T5's arrangement: the visual adapter's tokens follow the question in the encoder input, the decoder
+    writes one of the 13 answers, scored by rank classification."""
+    dirs = {"results_dir": str(tmp_path / "results"), "run_dir": str(tmp_path / "runs"),
+            "feature_cache": str(tmp_path / "features")}
+    quick = {**TINY, "vision": "tiny-vision", "max_length": "16", "limit_train_samples": "8",
+             "limit_eval_samples": "8", "fisher_samples": "4"} if method == "lst" else \
+        {**TINY, "vision": "tiny-vision", "max_length": "16", "limit_train_samples": "8", "limit_eval_samples": "8"}
+    rec = json.loads(run({**quick, **dirs, "method": method, "task": "easy_vqa"}).read_text())
+    assert rec["run"]["backbone"] == "tiny-t5:seq2seq+tiny-vision" and rec["run"]["status"] == "ok"
+
+
+def test_vl_tasks_without_a_word_form_are_one_line_on_seq2seq():
+    from benchmark.data import TaskDataModule
+
+    with pytest.raises(UserError, match="no text-to-text format") as e:
+        TaskDataModule(TASKS.get("vqa"), None, max_length=16, batch_size=2, eval_batch_size=2, text_to_text=True)
+    assert "\n" not in str(e.value)

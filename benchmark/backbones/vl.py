@@ -52,6 +52,16 @@ class VisionLanguageBackbone(Backbone):
         visual = self.visual(batch["visual_feats"]).to(text.dtype)
         return torch.cat([text, visual], dim=1)  # the batch's attention mask already covers both
 
+    @staticmethod
+    def over(text: Backbone) -> type:
+        """The class that wraps ``text``: this one, or its seq2seq form (visual tokens in the encoder input,
+        the decoder cross-attending to both, as VL-T5 / CLIP-T5)."""
+        if not text.seq2seq:
+            return VisionLanguageBackbone
+        from benchmark.backbones.seq2seq import Seq2SeqBackbone
+
+        return type("VisionLanguageSeq2SeqBackbone", (VisionLanguageBackbone, Seq2SeqBackbone), {})
+
     def freeze(self) -> "VisionLanguageBackbone":
         super().freeze()
         for p in self.visual.parameters():
