@@ -15,6 +15,8 @@ Nothing here branches on a method's or task's name.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import os
 import sys
 import time
@@ -66,6 +68,9 @@ def _expected(plan) -> dict:
 
     expected = build_record(plan)
     expected["renamed"] = getattr(plan.method_cfg, "renamed", {})  # old method key -> new (MethodConfig.renamed)
+    # each method key's default: a key an older record lacks (a field added since) had its default value then
+    expected["defaults"] = {f.name: f.default for f in dataclasses.fields(plan.method_cfg)
+                            if f.default is not dataclasses.MISSING}
     return expected
 
 
@@ -96,6 +101,8 @@ def staleness(path: Path, expected: dict) -> str:
         return "run settings changed: " + ", ".join(f"{k} {have_run[k]!r} -> {want_run[k]!r}" for k in changed)
     have_m, want_m = run["config"].get("method", {}), want["config"]["method"]
     have_m = {expected.get("renamed", {}).get(k, k): v for k, v in have_m.items()}  # recorded under an old name
+    defaults = expected.get("defaults", {})
+    have_m = {**{k: defaults[k] for k in want_m if k not in have_m and k in defaults}, **have_m}
     changed = sorted(k for k in set(have_m) | set(want_m) if have_m.get(k) != want_m.get(k))
     if changed:
         return "method config changed: " + ", ".join(changed)

@@ -72,6 +72,11 @@ def test_a_current_result_is_skipped_and_a_changed_one_is_not(tmp_path):
     del rec["run"]["config"]["run"]["vision"]
     lora.path.write_text(json.dumps(rec))
     assert {j.name: j for j in plan(tmp_path)}[lora.name].current
+    # so does a method key added since (SHERL's decoder_tap_layers was: its older records stay current)
+    rec = write_current(jobs["rotten_tomatoes/sherl/seed0"])
+    del rec["run"]["config"]["method"]["decoder_tap_layers"]
+    jobs["rotten_tomatoes/sherl/seed0"].path.write_text(json.dumps(rec))
+    assert {j.name: j for j in plan(tmp_path)}["rotten_tomatoes/sherl/seed0"].current
     # a result of an older method version is stale (records from before versions are version 1)
     sherl = jobs["rotten_tomatoes/sherl/seed0"]
     rec = write_current(sherl)
