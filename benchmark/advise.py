@@ -130,6 +130,8 @@ def largest_batches(limit: int, backbone: str, batch: int, length: int, precisio
             if status == "ok":
                 answers[name] = value
                 cache.put({**question[name], "largest_under": str(limit)}, value)
+            else:  # shown, not hidden: the table's "largest batch" column stays empty for it
+                print(f"largest batch of {name}: failed: {value}", file=sys.stderr)
     return {name: a for name, a in answers.items() if a is not None}
 
 

@@ -148,8 +148,7 @@ def list_command(argv: list[str] | None = None) -> int:
     print("methods:")
     for name, cls in METHODS.items():
         print(f"  {name:<16} v{cls.version}  {METHODS.card(name).about}")
-        if cls.variants:
-            print(f"  {'':<16}     variant=: {', '.join(cls.variants)}")
+        print(f"  {'':<16}     variant=: {', '.join(cls.all_variants())}")
     print("tasks:")
     for name, t in TASKS.items():
         print(f"  {name:<16} v{t.version}  {t.family:<10} {t.about}")

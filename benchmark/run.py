@@ -68,10 +68,11 @@ def plan(overrides: dict[str, str]) -> Plan:
     given = current_names(method_cls.config_class, method_vals)
     variant: dict[str, str] = {}
     if run.variant:
-        if run.variant not in method_cls.variants:
-            valid = ", ".join(sorted(method_cls.variants)) or "none"
+        variants = method_cls.all_variants()
+        if run.variant not in variants:
+            valid = ", ".join(sorted(variants)) or "none"
             raise ConfigError(f"unknown variant {run.variant!r} of method {run.method!r}; valid variants: {valid}")
-        variant = current_names(method_cls.config_class, method_cls.variants[run.variant])
+        variant = current_names(method_cls.config_class, variants[run.variant])
     hyperparameters = {"source": "paper"}
     tuned: dict[str, str] = {}
     if run.hparams == "tuned":  # make tune's choice for this (task, backbone, method[@variant])

@@ -18,6 +18,10 @@ from benchmark.memory.storage import unique_storage_bytes
 from methods import METHODS  # noqa: F401  (the registry lives in the light package)
 
 
+# variants of every method: a memory tool a user would switch on instead of changing method
+GENERIC_VARIANTS: dict[str, dict[str, str]] = {"checkpointing": {"checkpointing": "true"}}
+
+
 @dataclass
 class MethodConfig:
     """Hyperparameters every method has. Subclasses change defaults and add their own fields."""
@@ -36,6 +40,10 @@ class MethodConfig:
     lr: float = 3e-4
     weight_decay: float = 0.0
     head_dropout: float = 0.1
+    # activation (gradient) checkpointing: every layer that runs with autograd (the backbone's under full,
+    # LoRA and BitFit; the side network's, and SHERL's late layer, under side methods) keeps only its input
+    # and recomputes the rest in backward (torch.utils.checkpoint); results go under ``<method>@checkpointing``
+    checkpointing: bool = False
 
     def __post_init__(self):
         self.check(self.lr > 0, "lr", "must be > 0")
@@ -94,6 +102,13 @@ class Method(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.config = config
+        if config.checkpointing:
+            backbone.checkpointing = True  # Backbone.run_layer: every layer it runs with autograd
+
+    @classmethod
+    def all_variants(cls) -> dict[str, dict[str, str]]:
+        """The method's own variants and those every method has (``checkpointing``)."""
+        return {**cls.variants, **GENERIC_VARIANTS}
 
     def train(self, mode: bool = True):
         super().train(mode)

@@ -101,6 +101,10 @@ class Family:
     def run_layer(self, layer: nn.Module, hidden: torch.Tensor, ctx: LayerContext) -> torch.Tensor:
         raise NotImplementedError
 
+    def prepare_layer(self, layer: nn.Module, hidden: torch.Tensor, ctx: LayerContext) -> None:
+        """Put in ``ctx`` what the stack shares between its layers (T5's position bias) before ``run_layer``,
+        so a checkpointed layer recomputes exactly what it computed. Nothing by default."""
+
     def finish(self, model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
         """What the family applies after its last layer (T5's final LayerNorm); identity by default."""
         return hidden
@@ -117,11 +121,37 @@ class Family:
         raise NotImplementedError(f"family {self.name!r} does not expose its layers' FFN")
 
 
+def checkpointed(prepare, run, layer: nn.Module, hidden: torch.Tensor, ctx: LayerContext) -> torch.Tensor:
+    """``run(layer, hidden, ctx)`` under activation checkpointing (non-reentrant: only the layer's input is
+    kept, the rest recomputed in backward with the same RNG state); the stack's shared state is prepared
+    first, outside, so the recomputation runs the same operations. Torch-function modes active in the
+    forward (a memory prediction's CUDA kernel choices, ``benchmark.memory.fake``) are entered again for
+    the recomputation: backward does not keep them, and the recomputation must save what the forward did."""
+    from contextlib import ExitStack, contextmanager, nullcontext
+
+    from torch.overrides import _get_current_function_mode_stack
+    from torch.utils.checkpoint import checkpoint, noop_context_fn
+
+    modes = list(_get_current_function_mode_stack())
+
+    @contextmanager
+    def again():
+        with ExitStack() as stack:
+            for mode in modes:
+                stack.enter_context(mode)
+            yield
+
+    prepare(layer, hidden, ctx)
+    return checkpoint(run, layer, hidden, ctx, use_reentrant=False,
+                      context_fn=(lambda: (nullcontext(), again())) if modes else noop_context_fn)
+
+
 class Backbone(nn.Module):
     """A frozen-by-default HF encoder behind the family-independent interface (the classifier kind: a
     method's features are one vector per example, read by a task head)."""
 
     seq2seq = False  # the seq2seq kind (``Seq2SeqBackbone``): features are decoder states, read by the LM head
+    checkpointing = False  # set by a method's ``checkpointing=true``: ``run_layer`` recomputes in backward
 
     def __init__(self, name: str, model: nn.Module, tokenizer, family: Family, pooling: str = "cls"):
         super().__init__()
@@ -159,6 +189,8 @@ class Backbone(nn.Module):
         return self.family.embed(self.model, batch)
 
     def run_layer(self, layer: nn.Module, hidden: torch.Tensor, ctx: LayerContext) -> torch.Tensor:
+        if self.checkpointing and torch.is_grad_enabled():
+            return checkpointed(self.family.prepare_layer, self.family.run_layer, layer, hidden, ctx)
         return self.family.run_layer(layer, hidden, ctx)
 
     def finish(self, hidden: torch.Tensor) -> torch.Tensor:

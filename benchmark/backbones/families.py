@@ -105,18 +105,26 @@ class T5Family(Family):
             return batch["inputs_embeds"]
         return model.encoder.embed_tokens(batch["input_ids"])
 
-    def run_layer(self, layer, hidden, ctx: LayerContext):
+    @staticmethod
+    def _position_bias(layer, hidden, ctx: LayerContext, name: str) -> torch.Tensor:
         # The first block of a stack owns the relative position bias; the rest reuse it. A side stack
         # with a different head count keeps its own, keyed by head count.
         attn = layer.layer[0].SelfAttention
-        key = ("t5_position_bias", attn.n_heads)
+        key = (name, attn.n_heads)
         bias = ctx.extra.get(key)
+        T = hidden.shape[1]
         if bias is None and attn.has_relative_attention_bias:
-            L = hidden.shape[1]
-            bias = attn.compute_bias(L, L, device=hidden.device)
+            bias = attn.compute_bias(T, T, device=hidden.device)
         if bias is None:
-            bias = torch.zeros(1, attn.n_heads, hidden.shape[1], hidden.shape[1], device=hidden.device)
+            bias = torch.zeros(1, attn.n_heads, T, T, device=hidden.device)
         ctx.extra[key] = bias
+        return bias
+
+    def prepare_layer(self, layer, hidden, ctx: LayerContext) -> None:
+        self._position_bias(layer, hidden, ctx, "t5_position_bias")
+
+    def run_layer(self, layer, hidden, ctx: LayerContext):
+        bias = self._position_bias(layer, hidden, ctx, "t5_position_bias")
         out = layer(hidden, attention_mask=ctx.additive_mask.to(hidden.dtype), position_bias=bias.to(hidden.dtype))
         return out[0] if isinstance(out, tuple) else out
 
@@ -146,20 +154,15 @@ class T5Family(Family):
         """A decoder block: causal self-attention with the decoder's own (one-directional) relative position
         bias, shared from the first block of its stack as in the encoder, then cross-attention to
         ``ctx.extra["memory"]`` (zero position bias, as T5) under ``ctx.extra["memory_mask"]``, then the FFN."""
-        attn = layer.layer[0].SelfAttention
-        key = ("t5_decoder_position_bias", attn.n_heads)
-        bias = ctx.extra.get(key)
-        T = hidden.shape[1]
-        if bias is None and attn.has_relative_attention_bias:
-            bias = attn.compute_bias(T, T, device=hidden.device)
-        if bias is None:
-            bias = torch.zeros(1, attn.n_heads, T, T, device=hidden.device)
-        ctx.extra[key] = bias
+        bias = self._position_bias(layer, hidden, ctx, "t5_decoder_position_bias")
         memory = ctx.extra["memory"]
         out = layer(hidden, attention_mask=ctx.additive_mask.to(hidden.dtype), position_bias=bias.to(hidden.dtype),
                     encoder_hidden_states=memory.to(hidden.dtype),
                     encoder_attention_mask=ctx.extra["memory_mask"].to(hidden.dtype))
         return out[0] if isinstance(out, tuple) else out
+
+    def prepare_decoder_layer(self, layer, hidden, ctx: LayerContext) -> None:
+        self._position_bias(layer, hidden, ctx, "t5_decoder_position_bias")
 
     def finish_decoder(self, model, hidden):
         return model.decoder.final_layer_norm(hidden)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from benchmark.backbones.base import Backbone, LayerContext
+from benchmark.backbones.base import Backbone, LayerContext, checkpointed
 
 
 class Seq2SeqBackbone(Backbone):
@@ -47,6 +47,8 @@ class Seq2SeqBackbone(Backbone):
                             extra={"memory": memory, "memory_mask": cross})
 
     def run_decoder_layer(self, layer: nn.Module, hidden: torch.Tensor, ctx: LayerContext) -> torch.Tensor:
+        if self.checkpointing and torch.is_grad_enabled():
+            return checkpointed(self.family.prepare_decoder_layer, self.family.run_decoder_layer, layer, hidden, ctx)
         return self.family.run_decoder_layer(layer, hidden, ctx)
 
     def finish_decoder(self, hidden: torch.Tensor) -> torch.Tensor:
