@@ -34,7 +34,9 @@ def parse_budget(text: str) -> int:
 
 
 def _label(method: str, variant: str) -> str:
-    return method if not variant or variant == method else f"{method}@{variant}"
+    if not variant or variant == method or variant.startswith(f"{method}@"):  # a row label already "<method>@..."
+        return variant or method
+    return f"{method}@{variant}"
 
 
 def predicted(backbone: str, batch: int, length: int, precision: str, results_dir: Path, head: str = "classifier"):

@@ -110,6 +110,14 @@ class Method(nn.Module):
         """The method's own variants and those every method has (``checkpointing``)."""
         return {**cls.variants, **GENERIC_VARIANTS}
 
+    @classmethod
+    def row_label(cls, name: str, variant: str) -> str:
+        """A memory-table row's label: the method, its own variant's name, or ``<method>@<variant>`` for a
+        variant every method has (its bare name would not say whose row it is)."""
+        if not variant:
+            return name
+        return f"{name}@{variant}" if variant in GENERIC_VARIANTS and variant not in cls.variants else variant
+
     def train(self, mode: bool = True):
         super().train(mode)
         if not self.backbone_follows_train_mode:

@@ -37,7 +37,7 @@ def measure_one(overrides: dict[str, str], instrument: str = "tracker") -> dict:
     p = plan(overrides)
     r = p.run
     if instrument != "tracker" and _on_cuda(r):  # CUDA's allocator is the primary figure there already
-        row = {"variant": r.variant or r.method, "allocator_peak_bytes": None}
+        row = {"variant": p.method_cls.row_label(r.method, r.variant), "allocator_peak_bytes": None}
         print(MARK + json.dumps(row), flush=True)
         return row
     L.seed_everything(r.seed, workers=True, verbose=False)
@@ -49,14 +49,14 @@ def measure_one(overrides: dict[str, str], instrument: str = "tracker") -> dict:
                         enable_model_summary=False, num_sanity_val_steps=0)
     trainer.fit(module, datamodule=dm)
     if instrument != "tracker":
-        row = {"variant": r.variant or r.method, "allocator_peak_bytes": meter.peak_bytes,
+        row = {"variant": p.method_cls.row_label(r.method, r.variant), "allocator_peak_bytes": meter.peak_bytes,
                "allocator_baseline_bytes": meter.baseline_bytes}
         print(MARK + json.dumps(row), flush=True)
         return row
     s = meter.summary()
     keys = ("peak_train_bytes", "peak_source", "tracker_peak_bytes", "cuda_max_allocated", "cuda_max_reserved",
             "step_seconds", "step_seconds_min", "device")
-    row = {"method": r.method, "variant": r.variant or r.method, **{k: s.get(k) for k in keys},
+    row = {"method": r.method, "variant": p.method_cls.row_label(r.method, r.variant), **{k: s.get(k) for k in keys},
            **s.get("memory_breakdown", {}), **parameter_counts(module, method),
            "batch_size": r.batch_size, "max_length": r.max_length, "precision": r.precision,
            "backbone": p.backbone_label, "task": r.task}

@@ -162,7 +162,7 @@ def simulate(overrides: dict[str, str], fake: bool = True, device: str = "cpu") 
     if policy is not None:
         notes.extend(sorted(policy.notes))
     bd = tracker.peak_breakdown
-    return {"method": r.method, "variant": r.variant or r.method, "peak_train_bytes": tracker.peak_bytes, **bd,
+    return {"method": r.method, "variant": p.method_cls.row_label(r.method, r.variant), "peak_train_bytes": tracker.peak_bytes, **bd,
             "trainable_params": counts["trainable_params"], "total_params": counts["total_params"],
             "backbone_storage_bytes": counts["backbone_storage_bytes"], "step_seconds": None,
             "step_seconds_min": None,

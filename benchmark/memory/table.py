@@ -31,11 +31,15 @@ def memory_rows() -> list[tuple[str, str, dict[str, str]]]:
     """(row label, method name, method overrides) for every registered method and its variants."""
     from methods import METHODS
 
+    from methods.base import GENERIC_VARIANTS
+
     rows = []
     for name, cls in METHODS.items():
         rows.append((name, name, {}))
         for label, extra in cls.variants.items():
             rows.append((label, name, dict(extra)))
+        for variant, extra in GENERIC_VARIANTS.items():  # every method's (checkpointing): "<method>@<variant>"
+            rows.append((f"{name}@{variant}", name, dict(extra)))
     return rows
 
 
@@ -53,7 +57,8 @@ def select_rows(methods: list[str] | None) -> list[tuple[str, str, dict[str, str
 
 def row_overrides(overrides: dict[str, str], label: str, method: str) -> dict[str, str]:
     """A row's run overrides: ``method=`` and, for a variant row, ``variant=``."""
-    return {**overrides, "method": method, "variant": "" if label == method else label}
+    variant = "" if label == method else label.removeprefix(f"{method}@")
+    return {**overrides, "method": method, "variant": variant}
 
 
 def write_table(rows: list[dict], out: str | Path, failed: list[dict] = (), predicted: bool = False):
