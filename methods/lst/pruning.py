@@ -202,16 +202,11 @@ def pick_attention(score: torch.Tensor, heads: int, side_heads: int, side_width:
     return top_sorted(score, side_width)
 
 
-def empirical_fisher(backbone, layer_indices: list[int], train_loader, task, samples: int) -> tuple[dict, int]:
-    """Summed squared gradients of the task loss for every parameter of the given backbone layers."""
-    layers = backbone.layers
-    params = {(k, n): p for k in layer_indices for n, p in layers[k].named_parameters()}
+def accumulate_fisher(backbone, params: dict, train_loader, samples: int, loss_of) -> tuple[dict, int]:
+    """Summed squared gradients of ``loss_of(batch)`` for each of ``params`` (key -> backbone parameter) over
+    the first ``samples`` training samples; the backbone in eval mode, gradients only for ``params``, and
+    frozen again afterwards with no gradient kept."""
     device = next(backbone.parameters()).device
-    g = torch.Generator().manual_seed(0)
-    head = nn.Linear(backbone.hidden_size, task.num_labels).to(device)
-    with torch.no_grad():
-        head.weight.normal_(0.0, 0.02, generator=g)  # a temporary head, the usual init of a new head
-        head.bias.zero_()
     fisher = {key: torch.zeros_like(p) for key, p in params.items()}
     was_training = backbone.training
     was_trainable = {id(p): p.requires_grad for p in backbone.parameters()}
@@ -224,11 +219,7 @@ def empirical_fisher(backbone, layer_indices: list[int], train_loader, task, sam
             if seen >= samples:
                 break
             n = min(len(batch["labels"]), samples - seen)
-            batch = {k: v[:n].to(device) for k, v in batch.items()}
-            labels = batch.pop("labels")
-            states, _ = backbone.hidden_states(batch)
-            logits = head(backbone.salient(states[-1], batch["attention_mask"]))
-            loss = task.loss(logits.float(), labels)
+            loss = loss_of({k: v[:n].to(device) for k, v in batch.items()})
             grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
             for key, grad in zip(params, grads):
                 if grad is not None:
@@ -244,45 +235,36 @@ def empirical_fisher(backbone, layer_indices: list[int], train_loader, task, sam
     return fisher, seen
 
 
+def empirical_fisher(backbone, layer_indices: list[int], train_loader, task, samples: int) -> tuple[dict, int]:
+    """Summed squared gradients of the task loss for every parameter of the given backbone layers."""
+    layers = backbone.layers
+    params = {(k, n): p for k in layer_indices for n, p in layers[k].named_parameters()}
+    device = next(backbone.parameters()).device
+    g = torch.Generator().manual_seed(0)
+    head = nn.Linear(backbone.hidden_size, task.num_labels).to(device)
+    with torch.no_grad():
+        head.weight.normal_(0.0, 0.02, generator=g)  # a temporary head, the usual init of a new head
+        head.bias.zero_()
+
+    def loss_of(batch):
+        labels = batch.pop("labels")
+        states, _ = backbone.hidden_states(batch)
+        return task.loss(head(backbone.salient(states[-1], batch["attention_mask"])).float(), labels)
+
+    return accumulate_fisher(backbone, params, train_loader, samples, loss_of)
+
+
 def seq2seq_fisher(backbone, encoder_layers: list[int], decoder_layers: list[int], train_loader, task,
                    samples: int) -> tuple[dict, dict, int]:
     """Summed squared gradients of the seq2seq loss (the gold label word through the frozen LM head) for
     every parameter of the given encoder and decoder layers: (encoder fisher, decoder fisher, samples)."""
     from benchmark.heads import LabelWordHead
 
-    enc = {(k, n): p for k in encoder_layers for n, p in backbone.layers[k].named_parameters()}
-    dec = {(k, n): p for k in decoder_layers for n, p in backbone.decoder_layers[k].named_parameters()}
-    head = LabelWordHead(backbone, task, target_length=512)
-    device = next(backbone.parameters()).device
-    head.to(device)
-    fisher = {("enc",) + key: torch.zeros_like(p) for key, p in enc.items()}
-    fisher |= {("dec",) + key: torch.zeros_like(p) for key, p in dec.items()}
-    params = [*enc.values(), *dec.values()]
-    was_training = backbone.training
-    was_trainable = {id(p): p.requires_grad for p in backbone.parameters()}
-    backbone.eval()
-    for p in params:
-        p.requires_grad_(True)
-    seen = 0
-    try:
-        for batch in train_loader:
-            if seen >= samples:
-                break
-            n = min(len(batch["labels"]), samples - seen)
-            batch = {k: v[:n].to(device) for k, v in batch.items()}
-            loss = head.loss(backbone, {k: v for k, v in batch.items() if k != "labels"}, batch)
-            grads = torch.autograd.grad(loss, params, allow_unused=True)
-            for key, grad in zip(fisher, grads):
-                if grad is not None:
-                    fisher[key] += grad.detach().float() ** 2
-            seen += n
-    finally:  # frozen again as before, and no gradient kept anywhere in the backbone
-        for p in backbone.parameters():
-            p.requires_grad_(was_trainable[id(p)])
-            p.grad = None
-        backbone.train(was_training)
-    if seen == 0:
-        raise UserError("lst: the training loader gave no samples for the Fisher init; use init=random")
+    params = {("enc", k, n): p for k in encoder_layers for n, p in backbone.layers[k].named_parameters()}
+    params |= {("dec", k, n): p for k in decoder_layers for n, p in backbone.decoder_layers[k].named_parameters()}
+    head = LabelWordHead(backbone, task, target_length=512).to(next(backbone.parameters()).device)
+    fisher, seen = accumulate_fisher(backbone, params, train_loader, samples, lambda batch: head.loss(
+        backbone, {k: v for k, v in batch.items() if k != "labels"}, batch))
     split = lambda tag: {key[1:]: f for key, f in fisher.items() if key[0] == tag}  # noqa: E731
     return split("enc"), split("dec"), seen
 
