@@ -146,6 +146,17 @@ def checkpointed(prepare, run, layer: nn.Module, hidden: torch.Tensor, ctx: Laye
                       context_fn=(lambda: (nullcontext(), again())) if modes else noop_context_fn)
 
 
+def run_stack(hidden: torch.Tensor, layers, ctx: LayerContext, run, finish) -> list[torch.Tensor]:
+    """``hidden`` followed by every layer's output (``run(layer, hidden, ctx)``), the last after ``finish``."""
+    states = [hidden]
+    for i, layer in enumerate(layers):
+        hidden = run(layer, hidden, ctx)
+        if i == len(layers) - 1:
+            hidden = finish(hidden)
+        states.append(hidden)
+    return states
+
+
 class Backbone(nn.Module):
     """A frozen-by-default HF encoder behind the family-independent interface (the classifier kind: a
     method's features are one vector per example, read by a task head)."""
@@ -202,14 +213,7 @@ class Backbone(nn.Module):
         ``finish``)."""
         hidden = self.embed(batch) if embedded is None else embedded
         ctx = self.layer_context(batch["attention_mask"], hidden.dtype)
-        states = [hidden]
-        layers = self.layers
-        for i, layer in enumerate(layers):
-            hidden = self.run_layer(layer, hidden, ctx)
-            if i == len(layers) - 1:
-                hidden = self.finish(hidden)
-            states.append(hidden)
-        return states, ctx
+        return run_stack(hidden, self.layers, ctx, self.run_layer, self.finish), ctx
 
     def salient(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """The per-sample summary token: [CLS] (first token) or the masked mean (config ``pooling``)."""

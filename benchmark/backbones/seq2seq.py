@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from benchmark.backbones.base import Backbone, LayerContext, checkpointed
+from benchmark.backbones.base import Backbone, LayerContext, checkpointed, run_stack
 
 
 class Seq2SeqBackbone(Backbone):
@@ -61,14 +61,7 @@ class Seq2SeqBackbone(Backbone):
         hidden = self.embed_decoder(batch) if embedded is None else embedded
         ctx = self.decoder_context(hidden.shape[1], memory, memory_mask, hidden.dtype,
                                    batch.get("decoder_attention_mask"))
-        states = [hidden]
-        layers = self.decoder_layers
-        for i, layer in enumerate(layers):
-            hidden = self.run_decoder_layer(layer, hidden, ctx)
-            if i == len(layers) - 1:
-                hidden = self.finish_decoder(hidden)
-            states.append(hidden)
-        return states, ctx
+        return run_stack(hidden, self.decoder_layers, ctx, self.run_decoder_layer, self.finish_decoder), ctx
 
     def narrow_decoder_layer(self, reduction: int, layer_index: int = 0) -> nn.Module:
         return self.family.narrow_decoder_layer(self.model, reduction, layer_index)
