@@ -76,7 +76,11 @@ advise: setup ## methods that fit BUDGET at BACKBONE/BATCH/LEN (predicted), best
 memory-compare-cuda: setup ## on a CUDA GPU: predicted vs max_memory_allocated per method (BACKBONE BATCH LEN)
 	$(PY) -m benchmark predict --compare-cuda task=$(TASK) backbone=$(BACKBONE) batch_size=$(BATCH) max_length=$(LEN) $(ARGS)
 
-quant-report: setup ## GNP-IQ vs round-to-nearest (and HQQ/NF4 if installed) on MiniLM -> results/quantization.csv
+$(VENV)/.quant: $(VENV)/.installed pyproject.toml
+	$(PY) -m pip install -q -e ".[dev,quant]"
+	@touch $@
+
+quant-report: $(VENV)/.quant ## GNP-IQ vs round-to-nearest, HQQ and bitsandbytes NF4 on MiniLM (installs the quant extra) -> results/quantization.csv
 	$(PY) -m benchmark quant-report
 	$(PY) -m benchmark quant-report --speed
 

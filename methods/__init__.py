@@ -9,7 +9,14 @@ from dataclasses import dataclass
 from benchmark.errors import UserError
 from benchmark.registry import Card, Registry
 
-ROLES = ("reference", "baseline", "ours")  # reference: the row memory ratios divide by; ours: highlighted
+# reference: the row memory ratios divide by; ours: highlighted; alternative: a memory tool a user would pick
+# instead of a METL method (QLoRA), drawn apart as a "memory alternative" like the generic variants below
+ROLES = ("reference", "baseline", "ours", "alternative")
+
+# variants of every method: a memory tool a user would switch on instead of changing method, run as
+# ``<method>@<variant>`` (key=value method overrides)
+GENERIC_VARIANTS: dict[str, dict[str, str]] = {"checkpointing": {"checkpointing": "true"},
+                                               "adamw8bit": {"optimizer": "adamw8bit"}}
 
 
 @dataclass(frozen=True)

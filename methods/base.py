@@ -18,8 +18,9 @@ from benchmark.memory.storage import unique_storage_bytes
 from methods import METHODS  # noqa: F401  (the registry lives in the light package)
 
 
-# variants of every method: a memory tool a user would switch on instead of changing method
-GENERIC_VARIANTS: dict[str, dict[str, str]] = {"checkpointing": {"checkpointing": "true"}}
+from methods import GENERIC_VARIANTS  # noqa: E402,F401  (declared in the light package: the publishers read it)
+
+OPTIMIZERS = ("adamw", "adamw8bit")  # torch's AdamW; bitsandbytes' AdamW8bit (blockwise 8-bit moments)
 
 
 @dataclass
@@ -44,9 +45,14 @@ class MethodConfig:
     # LoRA and BitFit; the side network's, and SHERL's late layer, under side methods) keeps only its input
     # and recomputes the rest in backward (torch.utils.checkpoint); results go under ``<method>@checkpointing``
     checkpointing: bool = False
+    # adamw: torch's AdamW, fp32 moments; adamw8bit: bitsandbytes' AdamW8bit, both moments kept in 8 bits (blocks
+    # of 256 with an fp32 absmax each; tensors under 4096 elements keep fp32 moments, as bitsandbytes does).
+    # Results go under ``<method>@adamw8bit``, beside the method's other rows, like checkpointing.
+    optimizer: str = "adamw"
 
     def __post_init__(self):
         self.check(self.lr > 0, "lr", "must be > 0")
+        self.check(self.optimizer in OPTIMIZERS, "optimizer", f"must be one of {', '.join(OPTIMIZERS)}")
         self.check(self.weight_decay >= 0, "weight_decay", "must be >= 0")
         self.check(0 <= self.head_dropout < 1, "head_dropout", "must be in [0, 1)")
 
@@ -90,6 +96,9 @@ class Method(nn.Module):
     # The variants ``make paper`` runs (3 seeds each, on the sentiment task) besides the defaults: those
     # a paper table needs that no other row already measures.
     paper_variants: ClassVar[tuple[str, ...]] = ()
+    # Generic variants (``GENERIC_VARIANTS``) ``make paper`` runs as memory alternatives on every offline task
+    # at its fixed budget, 3 seeds: what a user would switch on instead of changing method (e.g. checkpointing).
+    paper_alternatives: ClassVar[tuple[str, ...]] = ()
     # True where a step may leave trainable parameters without a gradient (sparse expert dispatch: an
     # expert no token chose). DDP must then look for them each step, so ``strategy=ddp`` becomes
     # Lightning's ``ddp_find_unused_parameters_true`` for this method.
@@ -159,9 +168,15 @@ class Method(nn.Module):
         to run this method's data-dependent steps; see ``FakeHints``. Nothing by default."""
         return FakeHints()
 
+    def extra_weight_tensors(self) -> list[torch.Tensor]:
+        """Stored model tensors that are neither parameters nor buffers (a quantized weight's constants kept
+        as attributes, as bitsandbytes keeps NF4's absmax): memory meters count them as weights. None by default."""
+        return []
+
     def backbone_storage_bytes(self) -> int:
-        """Real bytes of the stored backbone tensors (parameters and buffers)."""
-        return unique_storage_bytes(list(self.backbone.parameters()) + list(self.backbone.buffers()))
+        """Real bytes of the stored backbone tensors (parameters, buffers and ``extra_weight_tensors``)."""
+        return unique_storage_bytes(list(self.backbone.parameters()) + list(self.backbone.buffers())
+                                    + self.extra_weight_tensors())
 
     def logical_parameter_count(self) -> int:
         return logical_parameter_count(self)

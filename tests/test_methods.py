@@ -16,6 +16,7 @@ SIDE = lambda n, m: n.startswith("method.") and not n.startswith("method.backbon
 TRAINS = {
     "full": lambda n, m: n.startswith("method.backbone.model."),
     "lora": lambda n, m: "lora_" in n,
+    "qlora": lambda n, m: "lora_" in n,  # LoRA over the NF4 backbone: the 4-bit weights never train
     "bitfit": lambda n, m: n.startswith("method.backbone.model.") and (n.endswith(".bias") or "layer_norm" in n),
     "side_tuning": SIDE,
     "lst": SIDE,

@@ -37,13 +37,19 @@ def test_every_method_and_the_paper_rows_are_planned(tmp_path):
     for method in METHODS:
         assert {f"rotten_tomatoes/{method}/seed0", f"rotten_tomatoes/{method}/seed1"} <= names
     rows = [n for n in names if "@" in n]
-    assert len(rows) == 2 * sum(len(METHODS.get(m).paper_variants) for m in METHODS) > 0
+    assert len(rows) == 2 * sum(len(METHODS.get(m).paper_variants) + len(METHODS.get(m).paper_alternatives)
+                                for m in METHODS) > 0
     assert "rotten_tomatoes/mpismoe@table3-base/seed1" in names
+    # the memory alternatives a user would pick instead of a side network, at the fixed budget
+    assert {"rotten_tomatoes/qlora/seed1", "rotten_tomatoes/lora@checkpointing/seed1",
+            "rotten_tomatoes/full@checkpointing/seed1"} <= names
     assert not any(j.current for j in jobs) and {j.why for j in jobs} == {"no results yet"}
     assert all(str(j.path).startswith(str(tmp_path)) and "train64" in str(j.path) for j in jobs)
     # a task without variants=True plans the defaults only
     plain = plan(tmp_path, tasks=(paper.PaperTask("rotten_tomatoes", {"limit_train_samples": "64"}),))
-    assert len(plain) == len(list(METHODS)) and not any("@" in j.name for j in plain)
+    alternatives = [n for n in (j.name for j in plain) if "@" in n]
+    assert len(plain) - len(alternatives) == len(list(METHODS))
+    assert alternatives and all(n.split("@")[1].startswith("checkpointing") for n in alternatives)
 
 
 def test_a_current_result_is_skipped_and_a_changed_one_is_not(tmp_path):
@@ -122,7 +128,9 @@ def test_the_tuned_budget_waits_for_one_search_per_method_then_runs_apart(tmp_pa
     jobs = plan(tmp_path, seeds=(0, 1), tasks=(TUNED,))
     assert jobs and all(j.path is None and not j.current and "search" in j.why for j in jobs)
     searches = paper.plan_searches({"results_dir": str(tmp_path)}, (TASK, TUNED))
-    assert sorted(j.name for j in searches) == sorted(f"rotten_tomatoes/{m}/search" for m in METHODS)
+    compared = [m for m in METHODS if METHODS.card(m).role != "alternative"]  # memory alternatives: fixed budgets only
+    assert "qlora" not in compared and not any("@" in j.name or "qlora" in j.name for j in jobs)
+    assert sorted(j.name for j in searches) == sorted(f"rotten_tomatoes/{m}/search" for m in compared)
     for j in searches:
         assert j.argv[-2:] == ("--trials", str(paper.TRIALS)) and "limit_train_samples=64" in j.argv
         assert not {"seed", "patience", "epochs", "hparams", "val_check_interval"} & set(j.overrides)

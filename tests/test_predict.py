@@ -17,7 +17,7 @@ from methods.base import METHODS
 TINY = {"batch_size": "4", "max_length": "16", "target": "cpu", "steps": "2"}
 # tiny-t5 runs as the seq2seq kind by default (encoder-decoder, LM head); "tiny-t5/classifier": its encoder + head
 ROWS = [(bb, m, "") for bb in ("tiny-bert", "tiny-t5", "tiny-t5/classifier") for m in METHODS.names()]
-ROWS += [("tiny-bert", "mpismoe", "mpismoe-4bit")]
+ROWS += [("tiny-bert", "mpismoe", "mpismoe-4bit"), ("tiny-bert", "full", "adamw8bit"), ("tiny-bert", "qlora", "checkpointing")]
 _RUNS: dict[tuple, tuple[dict, dict]] = {}
 
 

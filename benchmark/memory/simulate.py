@@ -10,6 +10,8 @@ token attended. No validation, no ``after_epoch`` (the tracker of ``make memory`
 """
 from __future__ import annotations
 
+import dataclasses
+
 import time
 import warnings
 from contextlib import ExitStack, nullcontext
@@ -98,6 +100,11 @@ def simulate(overrides: dict[str, str], fake: bool = True, device: str = "cpu") 
     t0 = time.perf_counter()
     notes: list[str] = []
     hints = p.method_cls.fake_tensor_hints()
+    if fake:  # the optimizer's constants (8-bit code books) as well as the method's
+        from benchmark.optim import fake_scalars
+
+        hints = dataclasses.replace(hints, placeholder_scalars={**hints.placeholder_scalars,
+                                                                **fake_scalars(p.method_cfg.optimizer)})
     policy = data_dependent_policy(hints) if fake else None
     with ExitStack() as stack:
         stack.enter_context(warnings.catch_warnings())
@@ -158,7 +165,8 @@ def simulate(overrides: dict[str, str], fake: bool = True, device: str = "cpu") 
         if cuda:
             torch.cuda.synchronize()
         counts = parameter_counts(module, method)
-        counts["backbone_storage_bytes"] = unique_storage_bytes(list(backbone.parameters()) + list(backbone.buffers()))
+        counts["backbone_storage_bytes"] = unique_storage_bytes(list(backbone.parameters()) + list(backbone.buffers())
+                                                                + method.extra_weight_tensors())
     if policy is not None:
         notes.extend(sorted(policy.notes))
     bd = tracker.peak_breakdown

@@ -11,8 +11,9 @@ op against ~25 us here (it walks every module's stats on every op). This tracker
 categorisation that fits a training loop, and works under ``FakeTensorMode`` as well.
 
 Counting rules: every storage once (views share it), real bytes (``untyped_storage().nbytes()``),
-tensors that exist on entry counted when they are parameters, buffers, gradients or optimizer state
-(anything else only once an op returns it, or when passed to ``track``). Categories:
+tensors that exist on entry counted when they are parameters, buffers, a module's ``extra_weight_tensors()``
+(a quantized weight's constants kept as plain attributes), gradients or optimizer state (anything else only
+once an op returns it, or when passed to ``track``). Categories:
 
 - ``weights``: parameters and buffers of the module (and the optimizer's parameters);
 - ``grads``: ``.grad`` of parameters (re-labelled by a post-accumulate-grad hook);
@@ -182,6 +183,10 @@ class MemoryTracker:
             params.extend(self.module.parameters())
             for b in self.module.buffers():
                 self._add(b, WEIGHTS, force=True)
+            for m in self.module.modules():  # stored tensors a module keeps outside parameters and buffers
+                extra = getattr(m, "extra_weight_tensors", None)
+                for t in extra() if callable(extra) else ():
+                    self._add(t, WEIGHTS, force=True)
         for opt in self.optimizers:
             for group in opt.param_groups:
                 params.extend(group["params"])

@@ -21,12 +21,13 @@ from matplotlib.ticker import FuncFormatter
 
 from benchmark.publish.fmt import GIB, is_percent, isnan
 from benchmark.publish.leaderboard import PARETO_GROUP, build_leaderboard, current_records, is_ablation_row
-from benchmark.publish.names import ABLATION_ROWS, OURS, OURS_QUANTIZER, QUANT_TITLE
+from benchmark.publish.names import ABLATION_ROWS, OURS, OURS_QUANTIZER, QUANT_TITLE, is_alternative
 from benchmark.results import BREAKDOWN, atomic_write_text, budget_label, load_results, method_label, slug
 
 DPI = 120
 PLAIN = FuncFormatter(lambda v, _: f"{v:g}")
 COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
+ALT_COLORS = ["#17becf", "#008080", "#5fd3bc", "#2f6f8f", "#66c2a5", "#1b9e77"]  # memory alternatives
 OURS_COLORS = ["#d62728", "#8b0000", "#ff7f7f", "#e6550d", "#b03060", "#fd8d3c"]
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "h"]
 PART_COLORS = {"weights": "#4c72b0", "grads": "#dd8452", "optimizer": "#55a868", "activations": "#c44e52",
@@ -66,16 +67,20 @@ def accuracy_memory_figure(group: pd.DataFrame) -> Figure:
         return close_x and abs(y - y2) < 0.05 * y_span
 
     placed: list[tuple[float, float]] = []
-    n_ours = 0
+    n_ours = n_alt = 0
     for i, (_, r) in enumerate(g.iterrows()):
-        ours = str(r["method"]).split("@")[0] == OURS
+        alt = is_alternative(r["method"])
+        ours = not alt and str(r["method"]).split("@")[0] == OURS
         std = r["score_std"]
-        color = OURS_COLORS[n_ours % len(OURS_COLORS)] if ours else COLORS[i % len(COLORS)]
+        color = (ALT_COLORS[n_alt % len(ALT_COLORS)] if alt else
+                 OURS_COLORS[n_ours % len(OURS_COLORS)] if ours else COLORS[i % len(COLORS)])
         n_ours += ours
+        n_alt += alt
         ax.errorbar([r["peak_train_gib"]], [r["score_mean"] * scale],
                     yerr=None if isnan(std) else [[std * scale], [std * scale]],
                     fmt="*" if ours else MARKERS[i % len(MARKERS)], markersize=14 if ours else 7,
-                    color=color, capsize=3, zorder=3, label=f"{r['method']} (n={int(r['n'])})")
+                    color=color, capsize=3, zorder=3, mfc="none" if alt else color,
+                    label=f"{r['method']} (n={int(r['n'])}){' — memory alternative' if alt else ''}")
         x, y = r["peak_train_gib"], r["score_mean"] * scale
         stack = sum(near(x, y, x2, y2) for x2, y2 in placed)  # labels of nearby points go one line up each
         placed.append((x, y))
@@ -101,7 +106,7 @@ def accuracy_memory_figure(group: pd.DataFrame) -> Figure:
     r0 = g.iloc[0]
     ax.set_title(f"{r0['task']} v{r0['task_version']} · {r0['backbone']} · {r0['device']}\n"
                  f"budget {r0['budget']}; {_seeds(g)}; "
-                 f"○ = Pareto front", fontsize=10)
+                 f"○ = Pareto front" + ("; hollow teal = memory alternatives" if n_alt else ""), fontsize=10)
     ax.grid(True, which="both", alpha=0.25)
     ax.margins(x=0.12, y=0.15)
     ax.legend(fontsize=7, loc="best")

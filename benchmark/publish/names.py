@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from methods import method_cards, ours_method
+from methods import GENERIC_VARIANTS, method_cards, ours_method
 from tasks import task_groups
 
 
@@ -35,6 +35,16 @@ _OURS = ours_method()
 OURS = _OURS.name  # highlighted in the score-vs-memory figures, as the paper's teaser does
 OURS_QUANTIZER = _OURS.quantizer  # highlighted in the quantization figure
 QUANT_TITLE = f"{_OURS.quantizer_display} vs other quantizers on the frozen backbone"
+
+# memory alternatives: the rows a user would pick instead of a METL method (an "alternative" card, or any
+# method under a generic memory variant such as ``@checkpointing``), drawn in their own colour
+_ALTERNATIVE_METHODS = frozenset(c.name for c in method_cards() if c.role == "alternative")
+
+
+def is_alternative(label: str) -> bool:
+    """True for a row label ``method[@variant]`` that is a memory alternative (see above)."""
+    method, _, variant = str(label).partition("@")
+    return method in _ALTERNATIVE_METHODS or variant in GENERIC_VARIANTS
 
 # the ablation tables: those of every method card that declares some
 _TABLED = [c for c in method_cards() if c.tables]

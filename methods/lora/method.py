@@ -26,9 +26,16 @@ class LoRA(Method):
     backbone_follows_train_mode = True
     runs_on_seq2seq = True  # the whole model runs, encoder and decoder (the seq2seq backbone's forward)
     config_class = LoraMethodConfig
+    paper_alternatives = ("checkpointing",)  # the memory tool a user of this method would switch on
 
     def __init__(self, backbone, config: LoraMethodConfig):
         super().__init__(backbone, config)
+        from benchmark.bnb import import_bitsandbytes
+
+        try:
+            import_bitsandbytes()  # before peft, which imports it (benchmark/bnb.py says why)
+        except ImportError:  # peft runs without it
+            pass
         from peft import LoraConfig, inject_adapter_in_model
 
         targets = [t for t in config.target_modules.split(",") if t] or backbone.lora_targets

@@ -140,6 +140,10 @@ class Quantizer:
         if self.module is None:
             return None
         try:
+            if self.module.partition(".")[0] == "bitsandbytes":
+                from benchmark.bnb import import_bitsandbytes
+
+                import_bitsandbytes()  # never with hub kernels (benchmark/bnb.py)
             importlib.import_module(self.module)
         except Exception as e:  # ImportError, or a binary library that fails to load
             return f"{self.module} not importable ({type(e).__name__})"
