@@ -9,7 +9,7 @@ from benchmark.errors import UserError
 
 COLUMNS = ["method", "variant", "peak_train_bytes", "peak_train_gib", "ratio_to_full", "weights", "grads",
            "optimizer", "activations", "other", "trainable_params", "backbone_storage_bytes", "step_seconds",
-           "step_seconds_min", "peak_source", "tracker_peak_bytes", "allocator_peak_bytes", "allocator_to_tracker",
+           "step_seconds_min", "step_ratio_to_plain", "peak_source", "tracker_peak_bytes", "allocator_peak_bytes", "allocator_to_tracker",
            "cuda_max_allocated", "cuda_max_reserved", "batch_size", "max_length",
            "precision", "backbone", "device", "task"]
 MEASURED_ONLY = ["tracker_peak_bytes", "allocator_peak_bytes", "allocator_to_tracker"]  # make memory's two instruments
@@ -72,6 +72,8 @@ def write_table(rows: list[dict], out: str | Path, failed: list[dict] = (), pred
     ref = df.loc[df["variant"] == reference_row_label(), "peak_train_bytes"]
     df["ratio_to_full"] = df["peak_train_bytes"] / ref.iloc[0] if len(ref) else float("nan")
     df["peak_train_gib"] = df["peak_train_bytes"] / 2**30
+    if "step_seconds" in df.columns:  # what a generic variant (checkpointing, adamw8bit) costs in time
+        df["step_ratio_to_plain"] = [_ratio_to_plain(df, r) for _, r in df.iterrows()]
     df = df.sort_values("peak_train_bytes", ascending=False)
     if failed:
         df = pd.concat([df, pd.DataFrame(list(failed))], ignore_index=True)
@@ -84,13 +86,24 @@ def write_table(rows: list[dict], out: str | Path, failed: list[dict] = (), pred
     return df
 
 
+def _ratio_to_plain(df, r) -> float | None:
+    """A ``<method>@<generic variant>`` row's median step time over its plain ``<method>`` row's."""
+    from methods import GENERIC_VARIANTS
+
+    method, _, variant = str(r["variant"]).partition("@")
+    plain = df.loc[df["variant"] == method, "step_seconds"]
+    if variant not in GENERIC_VARIANTS or plain.empty or not r.get("step_seconds") or not plain.iloc[0]:
+        return None
+    return float(r["step_seconds"]) / float(plain.iloc[0])
+
+
 def format_table(df) -> str:
     """The table as markdown-style rows: GiB per category, then step times (measured) or notes
     (predicted, where a failed row says why)."""
     predicted = "source" in df.columns
     gib = lambda b: "" if b is None or (isinstance(b, float) and math.isnan(b)) else f"{b / 2**30:.3f}"  # noqa: E731
     head = ["row", "peak GiB", "ratio to full", *BREAKDOWN, "trainable",
-            *(["reserved GiB", "nvidia-smi GiB", "notes"] if predicted else ["step s (median)", "step s (min)", "allocator GiB", "allocator / tracker"])]
+            *(["reserved GiB", "nvidia-smi GiB", "notes"] if predicted else ["step s (median)", "step s (min)", "step time / plain row", "allocator GiB", "allocator / tracker"])]
     lines = [" | ".join(head), " | ".join("---" for _ in head)]
     for _, r in df.iterrows():
         if isinstance(r.get("error"), str) and r["error"]:
@@ -102,7 +115,9 @@ def format_table(df) -> str:
             cells += [gib(r.get("predicted_reserved_bytes")), gib(r.get("nvidia_smi_bytes")), r.get("notes") or ""]
         else:
             ratio = r.get("allocator_to_tracker")
+            step_ratio = r.get("step_ratio_to_plain")
             cells += [f"{(r['step_seconds'] or 0):.3f}", f"{(r.get('step_seconds_min') or 0):.3f}",
+                      "" if step_ratio is None or step_ratio != step_ratio else f"{step_ratio:.2f}x",
                       gib(r.get("allocator_peak_bytes")), "" if ratio is None or ratio != ratio else f"{ratio:.4f}"]
         lines.append(" | ".join(cells))
     return "\n".join(lines)
