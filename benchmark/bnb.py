@@ -1,7 +1,7 @@
 """bitsandbytes, imported the one way this suite allows (QLoRA's NF4 layers, the 8-bit AdamW, the NF4 row of
 the quantization report; peft imports it too when it is installed).
 
-Why not a plain ``import bitsandbytes``: on CPUs that report ``avx512_bf16`` its import asks the Hugging Face
+Why not a plain ``import bitsandbytes``: on CPUs with native bf16 instructions its import asks the Hugging Face
 hub for a compiled kernel (``kernels-community/quantization-bitsandbytes``, through the ``kernels`` package
 that transformers installs). That is a download at run time, which no default run or test may make, and it
 would make results depend on CPU flags and network. Hidden from that import, bitsandbytes falls back to the

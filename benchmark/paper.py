@@ -27,6 +27,7 @@ from pathlib import Path
 
 from benchmark.cli import OverridesParser, entry_point
 from benchmark.config import parse_overrides
+from benchmark import runlock
 from benchmark.errors import UserError
 from tasks import paper_tasks
 from benchmark.tune import TRIALS
@@ -142,7 +143,11 @@ def plan_jobs(seeds=SEEDS, extra: dict | None = None, tasks=PAPER_TASKS, costs=N
                         expected = _expected(p)
                         path = result_path(REPO_ROOT / p.run.results_dir, expected)
                         why = staleness(path, expected)
-                        job = Job(ov, name + ("/tuned" if pt.tuned else ""), path, current=not why, why=why)
+                        running = runlock.holder(path)
+                        if running:  # another process is training it now: never planned twice
+                            why = f"running now ({runlock.describe(running)})"
+                        job = Job(ov, name + ("/tuned" if pt.tuned else ""), path, current=not why or bool(running),
+                                  why=why)
                     if costs is not None:
                         job.cost = costs.run(pt.task, p.run.label, expected["run"]["config"]["run"],
                                              budget_label(expected["run"]))
@@ -274,8 +279,12 @@ def main(argv: list[str] | None = None) -> int:
     jobs = plan_jobs(seeds, extra, tasks, costs)
     todo_s = [j for j in searches if not j.current]
     todo = [j for j in jobs if not j.current]
-    print(f"paper: {len(jobs)} runs planned, {len(jobs) - len(todo)} current (skipped), {len(todo)} to run"
+    running = [j for j in jobs if j.why.startswith("running now")]
+    print(f"paper: {len(jobs)} runs planned, {len(jobs) - len(todo) - len(running)} current (skipped), "
+          + (f"{len(running)} running elsewhere now (skipped), " if running else "") + f"{len(todo)} to run"
           + (f"; {len(searches)} searches ({TRIALS} trials each), {len(todo_s)} to run" if searches else ""))
+    for j in running:
+        print(f"  skipped {j.name}: {j.why}")
     workers = a.jobs or default_workers()
     cost = summary([("searches (at most: every trial to its budget)", [j.cost for j in todo_s]),
                     ("runs", [j.cost for j in todo])], workers)

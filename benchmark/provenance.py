@@ -6,7 +6,7 @@ import platform
 import subprocess
 from typing import Any
 
-PACKAGES = ("torch", "lightning", "transformers", "peft", "datasets", "torchmetrics")
+PACKAGES = ("torch", "lightning", "transformers", "peft", "datasets", "torchmetrics", "bitsandbytes")
 
 
 def _version(dist: str) -> str | None:

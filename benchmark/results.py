@@ -65,6 +65,8 @@ EFFICIENCY_FIELDS = {
 # steps_per_epoch: training batches per epoch (what cost estimates scale by); absent in older records
 EFFICIENCY_OPTIONAL = {"train_steps": "int", "steps_per_epoch": "int"}
 ENV_FIELDS = {"python": "str?", "platform": "str?", **{p: "str?" for p in PACKAGES}, "device_name": "str?"}
+# packages whose version records carry since they joined the suite (older records lack them)
+ENV_OPTIONAL = ("bitsandbytes",)
 
 
 # --- validation ------------------------------------------------------------------------------------
@@ -167,7 +169,8 @@ def validate(record: Any) -> list[str]:
         problems += _check_fields(breakdown, "efficiency.memory_breakdown", dict.fromkeys(BREAKDOWN, "int?"),
                                   required=ok)
 
-    problems += _check_fields(env, "env", ENV_FIELDS, required=True)
+    problems += _check_fields(env, "env", {k: v for k, v in ENV_FIELDS.items() if k not in ENV_OPTIONAL}, required=True)
+    problems += _check_fields(env, "env", {k: ENV_FIELDS[k] for k in ENV_OPTIONAL}, required=False)
     if not problems:
         try:
             _dumps(record)

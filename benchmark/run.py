@@ -7,13 +7,14 @@ import os
 import sys
 import time
 import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from benchmark.config import ConfigError, RunConfig, as_dict, build, current_names, split_overrides
 from benchmark.errors import UserError
-from benchmark import results
+from benchmark import results, runlock
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -288,23 +289,26 @@ def report_to_wandb(wandb_run, record: dict, path: Path) -> None:
 
 
 def run(overrides: dict[str, str]) -> Path | None:
-    """Plan, execute and save one run; returns the results path (rank 0) or None."""
+    """Plan, execute and save one run; returns the results path (rank 0) or None. The run holds its results
+    file's lock while it trains (``benchmark.runlock``: one run per results file)."""
     p = plan(overrides)
-    try:
-        done = execute(p)
-    except UserError:
-        raise  # bad input: one line, nothing written
-    except BaseException as exc:  # a crash or Ctrl-C: recorded as such, never where results are read
-        _record_failure(p, exc)
-        raise
-    if done.rank != 0:
-        return None
-    record = done.record
     out_root = REPO_ROOT / p.run.results_dir
     if not p.run.official:
         out_root = out_root / "tmp"
-    path = results.result_path(out_root, record)
-    results.write_result(record, path)
+    planned = results.result_path(out_root, results.build_record(p))
+    with runlock.hold(planned) if _launching_rank() else nullcontext():
+        try:
+            done = execute(p)
+        except UserError:
+            raise  # bad input: one line, nothing written
+        except BaseException as exc:  # a crash or Ctrl-C: recorded as such, never where results are read
+            _record_failure(p, exc)
+            raise
+        if done.rank != 0:
+            return None
+        record = done.record
+        path = results.result_path(out_root, record)
+        results.write_result(record, path)
     if done.wandb_run is not None:
         report_to_wandb(done.wandb_run, record, path)
     t = record["metrics"]["test"]
@@ -314,6 +318,12 @@ def run(overrides: dict[str, str]) -> Path | None:
           f"trainable {e['trainable_params']:,} ({e['trainable_percent']:.2f} %)")
     print(f"results: {path}\nlogs: {done.run_dir}")
     return path
+
+
+def _launching_rank() -> bool:
+    """True in the process a user started; False in the processes Lightning launches for the other ranks
+    (they re-run this command with LOCAL_RANK / NODE_RANK set) and must not contend for the lock."""
+    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
 
 
 def _record_failure(p: Plan, exc: BaseException) -> None:

@@ -93,3 +93,17 @@ def test_adamw8bit_is_a_variant_of_every_method():
     for name in METHODS.names():
         p = plan({"method": name, "variant": "adamw8bit"})
         assert p.method_cfg.optimizer == "adamw8bit" and p.run.label == f"{name}@adamw8bit"
+
+
+def test_eval_never_repacks_for_the_cpus_bf16_kernel(monkeypatch):
+    """bitsandbytes repacks a 4-bit weight for a bf16 gemv kernel when the CPU has native bf16 and the layer
+    runs in eval: scores would depend on the CPU (and training would resume on the repacked weight)."""
+    import bitsandbytes.nn.modules as bnb_modules
+
+    monkeypatch.setattr(bnb_modules, "has_avx512bf16", lambda: True)  # as such a CPU answers
+    module = build_module("qlora", "tiny-bert")
+    module.eval()
+    batch = tiny_batch(module.method.backbone)
+    with torch.no_grad():
+        module.head.scores(module.method, module.inputs(batch), batch)
+    assert not any(getattr(q.weight.quant_state, "packing_format_for_cpu", False) for q in module.method.quantized)

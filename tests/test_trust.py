@@ -12,12 +12,17 @@ from helpers import one_step, tiny_batch, toy_task
 ROOT = Path(__file__).resolve().parent.parent
 # (reading /proc/cpuinfo's model name for the record's device name is fine; its flags are not)
 PROBES = ("avx512", "amx_", "avx2", "get_cpu_capability", "_is_avx512", "_is_amx", '"flags"')
+# lines that switch a library's CPU-flag path *off* (so that it cannot depend on the CPU), not probes
+SWITCHED_OFF = ("q.support_avx512bf16_for_cpu = False",)
 
 
 def test_no_code_asks_the_cpu_what_it_can_do():
     """A method's precision must not depend on CPU flags: nothing in the suite reads them."""
+    def text(p: Path) -> str:
+        return "\n".join(line for line in p.read_text().splitlines() if line.strip() not in SWITCHED_OFF)
+
     hits = [f"{p.relative_to(ROOT)}: {probe}" for folder in ("benchmark", "methods", "tasks")
-            for p in (ROOT / folder).rglob("*.py") for probe in PROBES if probe in p.read_text()]
+            for p in (ROOT / folder).rglob("*.py") for probe in PROBES if probe in text(p)]
     assert hits == []
 
 

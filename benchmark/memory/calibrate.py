@@ -40,6 +40,7 @@ def _reference_peak(kind: str, target: str, order: str, batch_size: int = 100, m
         stack.enter_context(target_choices(target, fake=True))
         model = T5ForConditionalGeneration(config)
         if kind == "lora-r32":
+            import benchmark.bnb_preload  # noqa: F401  (before peft: benchmark/bnb.py)
             from peft import LoraConfig, get_peft_model
 
             model = get_peft_model(model, LoraConfig(r=32, lora_alpha=32, target_modules=["q", "v"]))

@@ -51,7 +51,7 @@ from benchmark.memory.table import format_table, row_overrides, select_rows, wri
 
 MARK = "METL_PREDICT_JSON "
 # what every row process imports: loaded once by the job runner's process server, each row forks from it
-PRELOAD = ("torch", "torch._subclasses.fake_tensor", "transformers", "peft", "lightning", "methods.base",
+PRELOAD = ("torch", "torch._subclasses.fake_tensor", "transformers", "benchmark.bnb_preload", "peft", "lightning", "methods.base",
            "benchmark.module", "benchmark.run", "benchmark.memory.simulate")
 CLI_KEYS = ("methods", "out", "jobs")
 

@@ -164,8 +164,8 @@ def quantize_linears(backbone, config: QLoraMethodConfig) -> list[nn.Module]:
             q.bias = nn.Parameter(lin.bias.data, requires_grad=False)
         if not _SHAPE_ONLY[0]:
             q.weight = q.weight.to(lin.weight.device)  # Params4bit quantizes when it first reaches a device
-        # bitsandbytes repacks a weight for its bf16 gemv kernel the first time a CPU that reports avx512_bf16
-        # runs the layer in eval: eval scores would then depend on CPU flags (and on bf16 rounding) and
+        # bitsandbytes repacks a weight for its bf16 gemv kernel the first time a CPU with native bf16 runs the
+        # layer in eval: eval scores would then depend on CPU flags (and on bf16 rounding) and
         # training would resume on the repacked weight. The plain dequantize + matmul runs on every CPU.
         q.support_avx512bf16_for_cpu = False
         # parameter counts count weights, not bytes (two NF4 weights per stored uint8): the protocol of
