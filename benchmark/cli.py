@@ -14,7 +14,7 @@ import importlib
 import os
 import sys
 
-from benchmark.errors import UserError
+from benchmark.errors import TrainingFailed, UserError
 
 # name -> ("module:function", one line for the help). The one place that says where a command lives.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -48,6 +48,9 @@ def run_cli(main, argv: list[str] | None = None, also: tuple[type[Exception], ..
     except (UserError, *also) as e:
         print(f"error: {e}", file=sys.stderr)
         return getattr(e, "exit_code", UserError.exit_code)
+    except TrainingFailed as e:
+        print(f"failed: {e}", file=sys.stderr)
+        return e.exit_code
 
 
 def entry_point(*also: type[Exception]):

@@ -13,3 +13,10 @@ class UserError(Exception):
 class ConfigError(UserError):
     """A bad run or method configuration value or key (the one class for both; config.py and methods/base.py
     re-export it)."""
+
+
+class TrainingFailed(Exception):
+    """A run that cannot go on (its loss became NaN or infinite): recorded as failed with the reason and the
+    step, reported in one line, exit code 1. Not the user's input, so not a UserError."""
+
+    exit_code = 1

@@ -13,6 +13,7 @@ import lightning as L
 import torch
 from torchmetrics import MetricCollection
 
+from benchmark.errors import TrainingFailed
 from benchmark.heads import make_head
 from methods.base import Method
 from tasks.base import METRIC_COLUMNS, Task
@@ -60,6 +61,9 @@ class METLModule(L.LightningModule):
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is not None and not torch.isfinite(loss):  # stop at this step rather than record garbage
+            raise TrainingFailed(f"loss became {'NaN' if torch.isnan(loss) else 'infinite'} at step {self.global_step}")
         self.method.after_step(self.global_step)
         if self.trainer.is_last_batch:
             # The epoch's end-of-training update (GNP-IQ's re-quantization) runs here, before the epoch's

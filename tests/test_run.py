@@ -209,3 +209,24 @@ def test_patience_must_not_be_negative(dirs):
     with pytest.raises(ConfigError, match="patience"):
         plan({**TINY, **dirs, "method": "lora", "task": "rotten_tomatoes", "patience": "-1"})
 
+
+
+def test_a_nan_loss_stops_the_run_with_a_failed_record_naming_the_step(dirs, tmp_path, monkeypatch, capsys):
+    from benchmark.cli import main
+    from benchmark.heads import ClassifierHead
+
+    real, calls = ClassifierHead.loss, []
+
+    def loss(self, *a, **k):  # the third training step's loss is NaN
+        calls.append(1)
+        out = real(self, *a, **k)
+        return out * float("nan") if len(calls) == 3 else out
+
+    monkeypatch.setattr(ClassifierHead, "loss", loss)
+    code = main(["run", *(f"{k}={v}" for k, v in {**TINY, **dirs, "method": "lora", "task": "rotten_tomatoes"}.items())])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and err[-1] == "failed: loss became NaN at step 3"
+    assert not list((tmp_path / "results").glob("runs/**/*.json"))  # never recorded as a result
+    (failed,) = (tmp_path / "results" / "tmp" / "failed").rglob("*.json")
+    rec = json.loads(failed.read_text())["run"]
+    assert rec["status"] == "failed" and rec["error"] == "TrainingFailed: loss became NaN at step 3"
