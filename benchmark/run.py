@@ -230,6 +230,10 @@ def execute(p: Plan, test: bool = True, callbacks: list | tuple = ()) -> Execute
 
         callbacks.append(EarlyStopping(monitor="val/score", mode="max" if p.task.higher_is_better else "min",
                                        patience=r.patience))
+    if r.progress and not sys.stdout.isatty():  # a log file: plain lines, not a redrawn bar
+        from benchmark.progress import LineProgress
+
+        callbacks.append(LineProgress())
     loggers = _loggers(p, run_dir)
     strategy = r.strategy
     if strategy == "ddp" and p.method_cls.may_skip_parameters:

@@ -230,3 +230,22 @@ def test_a_nan_loss_stops_the_run_with_a_failed_record_naming_the_step(dirs, tmp
     (failed,) = (tmp_path / "results" / "tmp" / "failed").rglob("*.json")
     rec = json.loads(failed.read_text())["run"]
     assert rec["status"] == "failed" and rec["error"] == "TrainingFailed: loss became NaN at step 3"
+
+
+def test_a_log_file_gets_progress_lines(dirs, capsys):
+    """Output that is not a terminal (pytest's capture here, CI, ``| tee``) gets plain lines, not a bar."""
+    run({**TINY, **dirs, "method": "lora", "task": "rotten_tomatoes", "progress": "true"})
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("step ")]
+    assert any("loss" in ln and "steps/s" in ln and "left" in ln for ln in lines)
+    assert any("val/score" in ln for ln in lines) and "\r" not in "".join(lines)
+
+
+def test_the_same_run_twice_gives_the_same_scores(tmp_path):
+    """Same commit, seed and machine: the same test score and validation curve, bit for bit."""
+    records = []
+    for i in range(2):
+        d = {"results_dir": str(tmp_path / f"results{i}"), "run_dir": str(tmp_path / f"runs{i}")}
+        records.append(json.loads(run({**TINY, **d, "method": "lora", "task": "rotten_tomatoes"}).read_text()))
+    a, b = (r["metrics"] for r in records)
+    assert a["test"] == b["test"] and [c["score"] for c in a["val_curve"]] == [c["score"] for c in b["val_curve"]]
+    assert records[0]["efficiency"]["peak_train_bytes"] == records[1]["efficiency"]["peak_train_bytes"]
