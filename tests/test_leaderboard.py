@@ -311,3 +311,13 @@ def test_runs_of_an_older_method_version_are_dropped_never_averaged():
     assert int(row["n"]) == 2 and row["score_mean"] == pytest.approx(0.6)
     assert report.older == 2 and "2 older method version" in str(report)
     assert int(df[df["method"] == "lora"].iloc[0]["n"]) == 1  # other methods untouched
+
+
+def test_a_row_whose_seeds_ran_on_different_commits_is_flagged():
+    a, b, c = (make_record(seed=s, score=0.6 + s / 10) for s in range(3))
+    c["run"]["git_commit"] = "1" * 40
+    df, _ = build_leaderboard([a, b, c])
+    assert df.iloc[0]["commits"] == 2
+    assert "(3; 2 commits)" in tables.to_markdown(df)
+    same, _ = build_leaderboard([a, b])
+    assert same.iloc[0]["commits"] == 1 and "commits)" not in tables.to_markdown(same).split("\n\n")[0]

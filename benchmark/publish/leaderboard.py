@@ -23,7 +23,7 @@ from benchmark.results import CORRUPT, budget_label, method_label, validate
 KEYS = ["task_family", "task", "task_version", "backbone", "budget", "device", "method"]
 PARETO_GROUP = ["task", "task_version", "backbone", "budget", "device"]
 TAIL = ["val_score_mean", "trainable_params", "trainable_percent", "peak_train_bytes", "peak_train_gib",
-        "step_seconds", "higher_is_better", "pareto"]
+        "step_seconds", "higher_is_better", "pareto", "commits"]
 
 
 @dataclass
@@ -86,7 +86,7 @@ def _flatten(record: dict) -> dict:
     run, metrics, eff = record["run"], record["metrics"], record["efficiency"]
     row = {"task_family": run["task_family"], "task": run["task"], "task_version": run["task_version"],
            "backbone": run["backbone"], "budget": budget_label(run), "device": eff["device"], "method": method_label(run), "seed": run["seed"],
-           "method_version": run.get("method_version", 1),
+           "method_version": run.get("method_version", 1), "commit": run.get("git_commit"),
            "finished_at": run["finished_at"], "higher_is_better": metrics["higher_is_better"],
            "score": metrics["test"]["score"], "val_score": metrics["val_best"].get("score"),
            "trainable_params": eff["trainable_params"], "trainable_percent": eff["trainable_percent"],
@@ -123,7 +123,8 @@ def _aggregate(runs: pd.DataFrame, metric_names: list[str]) -> pd.DataFrame:
     for key, g in runs.groupby(KEYS, sort=False):
         score = _num(g["score"])
         row = dict(zip(KEYS, key))
-        row.update(n=len(g), score_mean=score.mean(), score_std=score.std(ddof=1))
+        row.update(n=len(g), score_mean=score.mean(), score_std=score.std(ddof=1),
+                   commits=int(g["commit"].nunique()))  # seeds run on different commits: flagged in the tables
         for m in metric_names:
             col = f"test:{m}"
             values = _num(g[col]) if col in g else pd.Series(dtype=float)
