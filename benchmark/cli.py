@@ -131,11 +131,15 @@ def run_command(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     quiet()
     from benchmark.config import parse_overrides
-    from benchmark.run import run
+    from benchmark.hub import preflight
 
     overrides = parse_overrides(args.overrides)
     if args.quick:
         overrides = {**QUICK, **overrides}
+    if "backbone" in overrides:
+        preflight(overrides["backbone"])  # no network for a hub name: one line in ~1 s, before torch loads
+    from benchmark.run import run
+
     run(overrides)
     return 0
 

@@ -35,3 +35,40 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 def require_hub(what: str, fix: str) -> None:
     if not hub_reachable():
         raise UserError(f"cannot download {what}: the Hugging Face hub is unreachable (offline or no network); {fix}")
+
+
+# the hub ids registered as backbone names (benchmark.backbones registers them; kept here, light, so the
+# run command can check them before it imports torch): name -> model type
+HUB_BACKBONES = {"bert-base-uncased": "bert", "roberta-base": "roberta", "t5-small": "t5", "t5-base": "t5",
+                 "t5-large": "t5"}
+
+
+def hub_id(name: str) -> str | None:
+    """The hub repository a backbone name means (a registered hub name, ``hf:<id>``, ``owner/name``), or None
+    (a packaged or test backbone, a local directory)."""
+    import os
+
+    if name in HUB_BACKBONES:
+        return name
+    if name.startswith("hf:"):
+        return name[3:]
+    if "/" in name and not name.startswith((".", "/")) and not os.path.isdir(name):
+        return name
+    return None
+
+
+def preflight(backbone: str) -> None:
+    """Before anything heavy is imported: a hub backbone that is not in the local cache needs the network, so
+    without it fail now, in about a second, with the same line the loader would print much later."""
+    repo = hub_id(backbone)
+    if repo is None:
+        return
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = isinstance(try_to_load_from_cache(repo, "config.json"), str)
+    except Exception:  # a malformed id: the loader reports it
+        return
+    if not cached:
+        require_hub(f"backbone {backbone!r}", "connect to the network once to cache it, pass a local model "
+                                              "directory as BACKBONE, or use BACKBONE=minilm, which runs offline")

@@ -92,3 +92,15 @@ def test_every_command_resolves_and_no_arguments_print_the_list(capsys):
     assert all(callable(command(name)) for name in commands())
     assert main([]) == 2 and "quant-report" in capsys.readouterr().err
     assert main(["--help"]) == 0 and "leaderboard" in capsys.readouterr().out
+
+
+def test_a_hub_backbone_without_network_fails_before_torch_loads(tmp_path):
+    """One line, exit 2, and decided before the heavy imports (what made it take 10-17 s)."""
+    code = ("import sys\nfrom benchmark.cli import main\n"
+            "rc = main(['run', 'backbone=someone/some-model', 'method=lora'])\n"
+            "print('torch' in sys.modules, rc)\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "WANDB_MODE": "disabled"}
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert p.stdout.split() == ["False", "2"], (p.stdout, p.stderr)
+    err = p.stderr.strip().splitlines()
+    assert len(err) == 1 and "someone/some-model" in err[0] and "unreachable" in err[0]

@@ -11,7 +11,7 @@ from typing import Callable
 from benchmark.backbones.base import Backbone, Family, LayerContext
 from benchmark.backbones.families import FAMILIES
 from benchmark.errors import UserError
-from benchmark.hub import require_hub
+from benchmark.hub import HUB_BACKBONES, require_hub
 from benchmark.registry import Registry
 
 __all__ = ["Backbone", "Family", "LayerContext", "BACKBONES", "load_backbone", "BackboneSpec"]
@@ -62,8 +62,7 @@ BACKBONES.register("tiny-bert", BackboneSpec(packaged_minilm, random_config=_tin
 BACKBONES.register("tiny-t5", BackboneSpec(packaged_minilm, pooling="mean", random_config=_tiny_t5, offline=True,
                                            about="2-layer width-32 T5 encoder-decoder, random init (tests)",
                                            head="seq2seq"))
-for _hub_id, _model_type in [("bert-base-uncased", "bert"), ("roberta-base", "roberta"), ("t5-small", "t5"),
-                             ("t5-base", "t5"), ("t5-large", "t5")]:
+for _hub_id, _model_type in HUB_BACKBONES.items():
     BACKBONES.register(_hub_id, BackboneSpec(_hub_id, pooling=FAMILIES[_model_type].default_pooling,
                                              about="Hugging Face hub",
                                              head="seq2seq" if FAMILIES[_model_type].seq2seq_class_name else "classifier"))
