@@ -21,8 +21,9 @@ LEN ?= 128
 JOBS ?=
 EXECUTOR ?= local
 TRIALS ?=
+FRESH ?=
 
-RUN_ARGS = method=$(METHOD) task=$(TASK) backbone=$(BACKBONE) $(if $(DATA_DIR),data_dir=$(DATA_DIR)) $(ARGS)
+RUN_ARGS = method=$(METHOD) task=$(TASK) backbone=$(BACKBONE) $(if $(DATA_DIR),data_dir=$(DATA_DIR)) $(if $(FRESH),fresh=true) $(ARGS)
 
 .PHONY: help setup bench test tune paper leaderboard figures browser list memory memory-compare-cuda advise quant-report clean
 
@@ -39,7 +40,7 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed ## create .venv and install everything (idempotent, quick when done)
 
-bench: setup ## run METHOD on TASK for each of SEEDS (QUICK=1: a few steps), then the leaderboard
+bench: setup ## run METHOD on TASK for each of SEEDS (QUICK=1: a few steps; a killed run resumes, FRESH=1 starts over), then the leaderboard
 	@for s in $(SEEDS); do \
 	  $(PY) -m benchmark run $(if $(QUICK),--quick) $(RUN_ARGS) seed=$$s || exit $$?; \
 	done

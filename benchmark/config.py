@@ -63,6 +63,11 @@ class RunConfig:
     wandb_project: str = "metl-bench"
     track_memory: bool = True
     progress: bool = True
+    # resume: every this many optimizer steps a run saves its whole training state (model, optimizer, scheduler,
+    # loop and data position, random streams, memory peak so far) to <run dir>/checkpoints/resume.ckpt; a run
+    # of the same plan started after a kill continues from it (0: never saved). fresh=true starts over instead.
+    checkpoint_every: int = 100
+    fresh: bool = False
 
     def __post_init__(self):
         def need(ok: bool, name: str, why: str) -> None:
@@ -81,6 +86,7 @@ class RunConfig:
         need(self.limit_train_samples >= 0, "limit_train_samples", "must be >= 0")
         need(self.limit_eval_samples >= 0, "limit_eval_samples", "must be >= 0")
         need(self.num_nodes >= 1, "num_nodes", "must be >= 1")
+        need(self.checkpoint_every >= 0, "checkpoint_every", "must be >= 0 (0 = no resume checkpoints)")
         need(self.pooling in ("", "cls", "mean"), "pooling", "must be cls or mean")
         need(self.head in ("", "classifier", "seq2seq"), "head", "must be classifier or seq2seq")
         need(1 <= self.target_length <= 512, "target_length", "must be in [1, 512]")

@@ -11,7 +11,7 @@ from typing import Callable
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler
 
 from tasks.base import METRIC_COLUMNS, DataOptions, Task
 
@@ -106,10 +106,54 @@ class TaskDataModule(L.LightningDataModule):
                           persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self):
-        return self._loader("train", self.batch_size, shuffle=True)
+        trainer = getattr(self, "trainer", None)
+        if trainer is None or trainer.world_size > 1:  # several ranks: Lightning's distributed sampler
+            return self._loader("train", self.batch_size, shuffle=True)
+        loop = trainer.fit_loop.epoch_loop
+        return ResumableLoader(self.splits["train"], batch_size=self.batch_size,
+                               sampler=ResumableSampler(self.splits["train"]), collate_fn=self.collate,
+                               num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                               batches_done=lambda: loop.batch_progress.current.ready)
 
     def val_dataloader(self):
         return self._loader("validation", self.eval_batch_size, shuffle=False)
 
     def test_dataloader(self):
         return self._loader("test", self.eval_batch_size, shuffle=False)
+
+
+class ResumableSampler(RandomSampler):
+    """``RandomSampler``'s order exactly (each epoch one permutation, seeded by one draw from torch's global
+    RNG when the epoch's iteration starts), and what a resumed run needs to continue it: the epoch's seed,
+    and how many examples to skip. A resumed epoch draws nothing, so the global RNG stays where it was."""
+
+    def __init__(self, data_source):
+        super().__init__(data_source)
+        self.seed: int | None = None
+        self.resume: tuple[int, int] | None = None  # (seed, examples to skip) for the next epoch's iteration
+
+    def __iter__(self):
+        if self.resume is not None:
+            (seed, skip), self.resume = self.resume, None
+        else:
+            seed, skip = int(torch.empty((), dtype=torch.int64).random_().item()), 0
+        self.seed = seed
+        generator = torch.Generator()
+        generator.manual_seed(seed)
+        yield from torch.randperm(len(self.data_source), generator=generator).tolist()[skip:]
+
+
+class ResumableLoader(DataLoader):
+    """The training loader, resumable mid-epoch: Lightning saves its ``state_dict`` in every checkpoint
+    (the epoch's seed and the batches the loop has taken) and hands it back on resume."""
+
+    def __init__(self, *args, batches_done, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.batches_done = batches_done
+
+    def state_dict(self) -> dict:
+        return {"seed": self.sampler.seed, "batches": int(self.batches_done())}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("seed") is not None:
+            self.sampler.resume = (int(state["seed"]), int(state["batches"]) * self.batch_size)

@@ -33,6 +33,7 @@ class METLModule(L.LightningModule):
         self.val_metrics = MetricCollection(task.make_metrics(), prefix="val/")
         self.test_metrics = MetricCollection(task.make_metrics(), prefix="test/")
         self.strict_loading = False  # checkpoints hold trainable state only
+        self.planned_steps: int | None = None  # optimizer steps the run will take (run.execute), or None: ask Lightning
         self.best_val: dict[str, float] | None = None
         self.last_test: dict[str, float] | None = None
         self.val_curve: list[dict[str, float]] = []  # every validation: step, seconds since training began, score
@@ -48,8 +49,12 @@ class METLModule(L.LightningModule):
         return {k: v for k, v in batch.items() if k not in INPUT_KEYS_EXCLUDED}
 
     def on_train_start(self):
+        if self.planned_steps is not None and self.planned_steps != self.trainer.estimated_stepping_batches:
+            raise AssertionError(f"planned {self.planned_steps} steps, Lightning estimates "
+                                 f"{self.trainer.estimated_stepping_batches}: the schedule would be wrong")
         self.train()  # lets the method decide its backbone's mode (Method.train); Lightning keeps it after val
-        self._train_began = time.perf_counter()
+        # a resumed run's clock goes on from where the killed one stopped (learning curves vs wall time)
+        self._train_began = time.perf_counter() - getattr(self, "_resumed_seconds", 0.0)
 
     def training_step(self, batch, batch_idx):
         loss = self.head.loss(self.method, self.inputs(batch), batch)
@@ -118,7 +123,9 @@ class METLModule(L.LightningModule):
         no_decay = [p for p in params if p.ndim < 2]
         groups = [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         opt = build_optimizer(self.method.config.optimizer, groups, self.lr)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
+        # the schedule's length: ``planned_steps`` where the run knows it (one process), so that building the
+        # optimizer does not make Lightning load the training data before a resumed run's loop state is back
+        total = max(1, int(self.planned_steps or self.trainer.estimated_stepping_batches))
         sched = get_linear_schedule_with_warmup(opt, min(self.warmup_steps, total // 2), total)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
@@ -132,3 +139,31 @@ class METLModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint):
         keep = self.trainable_state_names()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        # what a resumed run needs beyond Lightning's own state: the random streams where they are now (the
+        # next dropout mask), the validation history and the training time so far
+        import random
+
+        import numpy as np
+
+        elapsed = time.perf_counter() - self._train_began if self._train_began is not None else 0.0
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()  # as tensors and numbers: loadable weights-only
+        checkpoint["metl"] = {"torch_rng": torch.get_rng_state(),
+                              "numpy_rng": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss),
+                                            float(gauss)],
+                              "python_rng": random.getstate(), "val_curve": list(self.val_curve),
+                              "best_val": self.best_val, "train_seconds": elapsed}
+
+    def on_load_checkpoint(self, checkpoint):
+        state = checkpoint.get("metl")
+        if state is None or self._trainer is None or self.trainer.state.fn != "fit":
+            return  # testing the best checkpoint: only its weights matter, the run's history is this one's
+        import random
+
+        import numpy as np
+
+        torch.set_rng_state(state["torch_rng"])
+        kind, keys, pos, has_gauss, gauss = state["numpy_rng"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+        random.setstate(state["python_rng"])
+        self.val_curve, self.best_val = list(state["val_curve"]), state["best_val"]
+        self._resumed_seconds = float(state["train_seconds"])

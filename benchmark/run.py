@@ -3,6 +3,7 @@ write one results JSON. Nothing here branches on a method's or task's name."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import sys
 import time
@@ -199,7 +200,8 @@ class Executed:
     wandb_run: object | None  # the W&B run to report to, when W&B logs
 
 
-def execute(p: Plan, test: bool = True, callbacks: list | tuple = ()) -> Executed:
+def execute(p: Plan, test: bool = True, callbacks: list | tuple = (), resume: Path | None = None,
+            on_run_dir=None) -> Executed:
     """Train, select on validation, test once with the best checkpoint; return the record and its context.
     ``test=False`` (a make tune trial) trains and validates only: no checkpoint, no test split touched."""
     import lightning as L
@@ -215,16 +217,23 @@ def execute(p: Plan, test: bool = True, callbacks: list | tuple = ()) -> Execute
     dm, method, module = build_components(p)
 
     stamp = started.strftime("%Y%m%d-%H%M%S")
-    run_dir = (REPO_ROOT / r.run_dir / r.task / results.label_slug(r.label) / results.label_slug(p.backbone_label)
-               / f"seed{r.seed}-{stamp}")
+    run_dir = resume or (REPO_ROOT / r.run_dir / r.task / results.label_slug(r.label) / results.label_slug(p.backbone_label)
+                         / f"seed{r.seed}-{stamp}")
     run_dir.mkdir(parents=True, exist_ok=True)
+    if on_run_dir is not None:
+        on_run_dir(run_dir)
     meter = MemoryMeter(track=r.track_memory)
     ckpt = None
     if test:
         ckpt = ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), monitor="val/score",
                                mode="max" if p.task.higher_is_better else "min", save_top_k=1,
                                save_weights_only=True, filename="best")
-    callbacks = [c for c in (ckpt, meter) if c is not None] + list(callbacks)
+    resumable = None
+    if r.checkpoint_every:  # the whole training state, so that a killed run continues (run(), README "Resume")
+        resumable = ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="resume", monitor=None,
+                                    save_top_k=1, every_n_train_steps=r.checkpoint_every, save_weights_only=False,
+                                    enable_version_counter=False, save_on_train_epoch_end=False)
+    callbacks = [c for c in (ckpt, resumable, meter) if c is not None] + list(callbacks)
     if r.patience:  # until-plateau: stop when validation stops improving; the epochs/steps are the cap
         from lightning.pytorch.callbacks import EarlyStopping
 
@@ -243,8 +252,11 @@ def execute(p: Plan, test: bool = True, callbacks: list | tuple = ()) -> Execute
                         gradient_clip_val=r.grad_clip or None, val_check_interval=r.val_check_interval,
                         callbacks=callbacks, logger=loggers, enable_progress_bar=r.progress,
                         enable_model_summary=False, num_sanity_val_steps=0, deterministic=False,
-                        enable_checkpointing=ckpt is not None,
+                        enable_checkpointing=ckpt is not None or resumable is not None,
                         default_root_dir=str(run_dir))
+    if trainer.world_size == 1:  # what Lightning will estimate, known before it loads the training data
+        per_epoch = math.ceil(len(dm.splits["train"]) / r.batch_size)
+        module.planned_steps = per_epoch * r.epochs if r.max_steps < 0 else min(per_epoch * r.epochs, r.max_steps)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*is_gradient_checkpointing.*")
@@ -254,7 +266,10 @@ def execute(p: Plan, test: bool = True, callbacks: list | tuple = ()) -> Execute
         # metrics are torchmetrics objects, synced over ranks in compute(); the logged values are global
         warnings.filterwarnings("ignore", ".*when logging on epoch level in distributed setting.*")
         warnings.filterwarnings("ignore", ".*it is recommended to use `Trainer\\(devices=1.*")
-        trainer.fit(module, datamodule=dm)
+        resume_ckpt = run_dir / "checkpoints" / "resume.ckpt" if resume is not None else None
+        trainer.fit(module, datamodule=dm, ckpt_path=str(resume_ckpt) if resume_ckpt else None)
+        if resumable is not None:
+            (run_dir / "checkpoints" / "resume.ckpt").unlink(missing_ok=True)  # finished: nothing left to resume
         if ckpt is not None:
             trainer.test(module, datamodule=dm, ckpt_path=ckpt.best_model_path or None, verbose=False)
 
@@ -300,13 +315,16 @@ def run(overrides: dict[str, str]) -> Path | None:
     if not p.run.official:
         out_root = out_root / "tmp"
     planned = results.result_path(out_root, results.build_record(p))
-    with runlock.hold(planned) if _launching_rank() else nullcontext():
+    with runlock.hold(planned) if _launching_rank() else nullcontext() as lock:
+        resume = _unfinished(p, lock)
         try:
-            done = execute(p)
+            done = execute(p, resume=resume, on_run_dir=(lambda d: lock.note(run_dir=str(d))) if lock else None)
         except UserError:
             raise  # bad input: one line, nothing written
         except BaseException as exc:  # a crash or Ctrl-C: recorded as such, never where results are read
             _record_failure(p, exc)
+            if lock is not None and _interrupted(exc):
+                lock.keep()  # stopped, not broken: the next run of this plan resumes it
             raise
         if done.rank != 0:
             return None
@@ -322,6 +340,27 @@ def run(overrides: dict[str, str]) -> Path | None:
           f"trainable {e['trainable_params']:,} ({e['trainable_percent']:.2f} %)")
     print(f"results: {path}\nlogs: {done.run_dir}")
     return path
+
+
+def _unfinished(p: Plan, lock) -> Path | None:
+    """The run directory of a killed run of this plan that left a resume checkpoint (named in the lock it
+    left behind), unless ``fresh=true``; says so in one line."""
+    previous = getattr(lock, "previous", None) or {}
+    run_dir = previous.get("run_dir")
+    if not run_dir or not (Path(run_dir) / "checkpoints" / "resume.ckpt").is_file():
+        return None
+    if p.run.fresh:
+        print(f"fresh=true: not resuming the unfinished run in {run_dir}; starting over", file=sys.stderr)
+        return None
+    print(f"resuming the unfinished run in {run_dir} from its last checkpoint (FRESH=1 / fresh=true starts over)",
+          file=sys.stderr)
+    return Path(run_dir)
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """Ctrl-C, or the SIGTERM a scheduler or a preemptible machine sends (Lightning raises SIGTERMException)."""
+    return isinstance(exc, KeyboardInterrupt) or type(exc).__name__ == "SIGTERMException" or \
+        (isinstance(exc, SystemExit) and exc.code not in (0, None))
 
 
 def _launching_rank() -> bool:

@@ -66,13 +66,34 @@ def _create(lock: Path, info: dict) -> None:
         tmp.unlink(missing_ok=True)
 
 
+class Held:
+    """A lock this process holds: ``previous`` is what the lock of a run that is gone said (its ``run_dir``:
+    where a killed run left its resume checkpoint), ``note`` adds to what this one says."""
+
+    def __init__(self, lock: Path, info: dict, previous: dict | None):
+        self.lock, self.info, self.previous = lock, info, previous
+        self.kept = False
+
+    def keep(self) -> None:
+        """Leave the lock behind when this process ends (an interrupted run): the next run of the plan finds
+        it stale and resumes from the run directory it names."""
+        self.kept = True
+
+    def note(self, **values) -> None:
+        self.info.update(values)
+        tmp = self.lock.with_name(f".{self.lock.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(self.info, default=str))
+        os.replace(tmp, self.lock)
+
+
 @contextmanager
 def hold(results_path: Path):
-    """Hold ``results_path``'s lock for the block (see the module docstring); UserError when another run
-    holds it or the results directory cannot be written."""
+    """Hold ``results_path``'s lock for the block (see the module docstring), as a ``Held``; UserError when
+    another run holds it or the results directory cannot be written."""
     lock = lock_path(results_path)
     info = {"host": socket.gethostname(), "pid": os.getpid(),
             "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    previous = None
     try:
         lock.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(3):
@@ -86,15 +107,17 @@ def hold(results_path: Path):
                                     f"{results_path}; wait for it or stop it (its lock: {lock})") from None
                 print(f"note: taking over the lock of a run that is no longer running "
                       f"({describe(other) if other else 'unreadable lock'}): {lock}", file=sys.stderr)
+                previous = other
                 lock.unlink(missing_ok=True)
         else:
             raise UserError(f"could not take the lock {lock}: other runs keep taking it; try again")
     except OSError as e:
         raise UserError(f"cannot write the results directory {lock.parent} ({e.strerror or e}); "
                         f"make it writable or set results_dir= to one that is") from None
+    held = Held(lock, info, previous)
     try:
-        yield
+        yield held
     finally:
         mine = read_lock(lock)
-        if mine is not None and mine.get("pid") == info["pid"] and mine.get("host") == info["host"]:
+        if not held.kept and mine is not None and mine.get("pid") == info["pid"] and mine.get("host") == info["host"]:
             lock.unlink(missing_ok=True)

@@ -48,6 +48,7 @@ class MemoryMeter(_Callback):
         self._batches = 0
         self._step_s: list[float] = []
         self._rates: list[float] = []
+        self._segments: list[dict] = []  # earlier segments of a resumed run (their peaks), up to its checkpoint
 
     # -- hooks -------------------------------------------------------------------------------------
     def on_train_start(self, trainer, pl_module) -> None:
@@ -132,6 +133,16 @@ class MemoryMeter(_Callback):
         if self._training:
             self._finish()
 
+    # -- resume: the peaks of the segments a killed run trained before this one ----------------------
+    def state_dict(self) -> dict:
+        now = self.summary()
+        return {"segments": self._segments + [{k: now[k] for k in ("peak_train_bytes", "tracker_peak_bytes",
+                                                                      "memory_breakdown", "cuda_max_allocated",
+                                                                      "cuda_max_reserved")}]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._segments = list(state.get("segments", []))
+
     # -- results -----------------------------------------------------------------------------------
     @property
     def _cuda(self) -> bool:
@@ -165,6 +176,10 @@ class MemoryMeter(_Callback):
             peak, source = self._cuda_alloc, "cuda_max_allocated"
         else:
             peak, source = tracker_peak, ("tracker" if tracked else None)
+        for seg in self._segments:  # a resumed run: the largest peak over every segment it trained in
+            if seg.get("peak_train_bytes") is not None and (peak is None or seg["peak_train_bytes"] > peak):
+                peak, breakdown = seg["peak_train_bytes"], seg.get("memory_breakdown") or breakdown
+                tracker_peak = seg.get("tracker_peak_bytes", tracker_peak)
         return {
             "peak_train_bytes": peak,
             "peak_source": source,
@@ -180,4 +195,5 @@ class MemoryMeter(_Callback):
             "steps_timed": len(self._step_s),
             "timing_includes_tracker": tracked,
             "device": device_name(self._device),
+            "segments": len(self._segments) + 1,  # > 1: resumed after a kill, peak over all of them
         }
