@@ -127,6 +127,7 @@ def _wandb_has_key() -> bool:
 
 def build_components(p: Plan):
     """Backbone, data module, method and Lightning module for a plan; data problems surface here."""
+    import benchmark.bnb_preload  # noqa: F401  (transformers and peft import bitsandbytes: the guarded way first)
     from benchmark.backbones import load_backbone
     from benchmark.data import TaskDataModule
     from benchmark.module import METLModule
