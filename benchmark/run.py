@@ -324,9 +324,13 @@ def run(overrides: dict[str, str]) -> Path | None:
             raise  # bad input: one line, nothing written
         except BaseException as exc:  # a crash or Ctrl-C: recorded as such, never where results are read
             _record_failure(p, exc)
-            if lock is not None and _interrupted(exc):
+            if not _interrupted(exc):
+                raise
+            if lock is not None:
                 lock.keep()  # stopped, not broken: the next run of this plan resumes it
-            raise
+            print("interrupted: the next run of this plan resumes it from its last checkpoint (FRESH=1 starts over)",
+                  file=sys.stderr)
+            raise SystemExit(130 if isinstance(exc, KeyboardInterrupt) else 143) from None
         if done.rank != 0:
             return None
         record = done.record
@@ -373,7 +377,7 @@ def _launching_rank() -> bool:
 def _record_failure(p: Plan, exc: BaseException) -> None:
     """Write a failed/interrupted record under <results_dir>/tmp/failed so it is seen, never counted."""
     r = p.run
-    status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+    status = "interrupted" if _interrupted(exc) else "failed"
     now = datetime.now(timezone.utc).isoformat()
     record = results.build_record(p, run_id=results.run_id_for(p, status), status=status,
                                   error=f"{type(exc).__name__}: {exc}"[:2000], git=results.git_info(REPO_ROOT),
