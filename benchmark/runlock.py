@@ -94,6 +94,7 @@ def hold(results_path: Path):
     info = {"host": socket.gethostname(), "pid": os.getpid(),
             "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     previous = None
+    created = [d for d in (lock.parent, *lock.parent.parents) if not d.exists()]  # removed again if left empty
     try:
         lock.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(3):
@@ -121,3 +122,8 @@ def hold(results_path: Path):
         mine = read_lock(lock)
         if not held.kept and mine is not None and mine.get("pid") == info["pid"] and mine.get("host") == info["host"]:
             lock.unlink(missing_ok=True)
+            for d in created:  # a run that wrote nothing (bad input found late) leaves no empty folders either
+                try:
+                    d.rmdir()
+                except OSError:
+                    break

@@ -133,7 +133,7 @@ def test_bad_data_is_refused_before_anything_is_written(dirs, tmp_path):
 def test_a_crashing_run_is_recorded_as_failed_outside_the_results(dirs, tmp_path, monkeypatch):
     from benchmark import run as run_mod
 
-    def boom(p):
+    def boom(p, **kw):
         raise RuntimeError("simulated crash")
 
     monkeypatch.setattr(run_mod, "execute", boom)
