@@ -37,10 +37,9 @@ def require_hub(what: str, fix: str) -> None:
         raise UserError(f"cannot download {what}: the Hugging Face hub is unreachable (offline or no network); {fix}")
 
 
-# the hub ids registered as backbone names (benchmark.backbones registers them; kept here, light, so the
-# run command can check them before it imports torch): name -> model type
-HUB_BACKBONES = {"bert-base-uncased": "bert", "roberta-base": "roberta", "t5-small": "t5", "t5-base": "t5",
-                 "t5-large": "t5"}
+# the hub ids registered as backbone names (benchmark.backbones registers them, each of the family its name
+# starts with; kept here, light, so the run command can check them before it imports torch)
+HUB_BACKBONES = ("bert-base-uncased", "roberta-base", "t5-small", "t5-base", "t5-large")
 
 
 def hub_id(name: str) -> str | None:

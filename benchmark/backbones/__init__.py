@@ -62,7 +62,8 @@ BACKBONES.register("tiny-bert", BackboneSpec(packaged_minilm, random_config=_tin
 BACKBONES.register("tiny-t5", BackboneSpec(packaged_minilm, pooling="mean", random_config=_tiny_t5, offline=True,
                                            about="2-layer width-32 T5 encoder-decoder, random init (tests)",
                                            head="seq2seq"))
-for _hub_id, _model_type in HUB_BACKBONES.items():
+for _hub_id in HUB_BACKBONES:
+    _model_type = _hub_id.split("-")[0]  # the family a registered hub name starts with (bert-base-uncased: bert)
     BACKBONES.register(_hub_id, BackboneSpec(_hub_id, pooling=FAMILIES[_model_type].default_pooling,
                                              about="Hugging Face hub",
                                              head="seq2seq" if FAMILIES[_model_type].seq2seq_class_name else "classifier"))
