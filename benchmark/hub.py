@@ -45,8 +45,6 @@ HUB_BACKBONES = ("bert-base-uncased", "roberta-base", "t5-small", "t5-base", "t5
 def hub_id(name: str) -> str | None:
     """The hub repository a backbone name means (a registered hub name, ``hf:<id>``, ``owner/name``), or None
     (a packaged or test backbone, a local directory)."""
-    import os
-
     if name in HUB_BACKBONES:
         return name
     if name.startswith("hf:"):

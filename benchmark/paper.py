@@ -5,8 +5,9 @@ nothing; a failed run is reported and the others go on.
 What it runs (``PAPER_TASKS``, from the task cards with a ``paper_budget``): each registered method on each
 such task, plus each method's ``paper_variants`` (e.g. its ablation rows) on the tasks whose card says
 ``paper_variants=True`` and its ``paper_alternatives`` (memory alternatives such as ``@checkpointing``) on
-every task at its fixed budget; the tuned budgets (``paper_tuned_budget``) compare the methods of the papers
-and leave out the memory alternatives (a card with role ``alternative``, and ``paper_alternatives``), for every seed, each task at its card's budget. "Current" means: the file at the
+every task at its fixed budget, for every seed, each task at its card's budget. The tuned budgets
+(``paper_tuned_budget``) compare the papers' methods: they leave out the memory alternatives (methods whose
+card has role ``alternative``, and ``paper_alternatives``). "Current" means: the file at the
 run's results path is an ok run of the same task version, with the same budget and run settings and the same
 method configuration as the plan now resolves to. A changed method default, task version or budget therefore
 reruns exactly the runs it touches.
@@ -117,15 +118,14 @@ def plan_jobs(seeds=SEEDS, extra: dict | None = None, tasks=PAPER_TASKS, costs=N
     whose search has not run yet is planned without a path (``why`` says so)."""
     from benchmark.results import budget_label, result_path
     from benchmark.run import REPO_ROOT, plan
-    from methods import METHODS
+    from methods import METHODS, alternative_methods
 
     extra = dict(extra or {})
     jobs = []
     for pt in tasks:  # a task's seed 0 of every row first: an interrupted paper leaves whole tables behind
         for seed in seeds:
             for method, cls in METHODS.items():
-                alternative = METHODS.card(method).role == "alternative"
-                if pt.tuned and alternative:
+                if pt.tuned and method in alternative_methods():
                     continue  # memory alternatives run at the paper budgets (below), not in the tuned comparison
                 variants = [""] + (list(cls.paper_variants) if pt.variants else [])
                 variants += [] if pt.tuned else list(cls.paper_alternatives)
@@ -171,12 +171,12 @@ def plan_searches(extra: dict | None = None, tasks=PAPER_TASKS, costs=None) -> l
     import sys as _sys
 
     from benchmark.tune import trial_plan
-    from methods import METHODS
+    from methods import METHODS, alternative_methods
 
     jobs = []
     for pt in (t for t in tasks if t.tuned):
         for method in METHODS:
-            if METHODS.card(method).role == "alternative":
+            if method in alternative_methods():
                 continue  # not in the tuned comparison (plan_jobs)
             ov = search_overrides({"method": method, "task": pt.task, **pt.budget, **dict(extra or {})})
             why = _search_status(ov)

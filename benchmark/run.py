@@ -231,7 +231,8 @@ def execute(p: Plan, test: bool = True, callbacks: list | tuple = (), resume: Pa
                                save_weights_only=True, filename="best")
     resumable = None
     if r.checkpoint_every:  # the whole training state, so that a killed run continues (run(), README "Resume")
-        resumable = ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="resume", monitor=None,
+        state = resume_checkpoint(run_dir)
+        resumable = ModelCheckpoint(dirpath=str(state.parent), filename=state.stem, monitor=None,
                                     save_top_k=1, every_n_train_steps=r.checkpoint_every, save_weights_only=False,
                                     enable_version_counter=False, save_on_train_epoch_end=False)
     callbacks = [c for c in (ckpt, resumable, meter) if c is not None] + list(callbacks)
@@ -267,10 +268,8 @@ def execute(p: Plan, test: bool = True, callbacks: list | tuple = (), resume: Pa
         # metrics are torchmetrics objects, synced over ranks in compute(); the logged values are global
         warnings.filterwarnings("ignore", ".*when logging on epoch level in distributed setting.*")
         warnings.filterwarnings("ignore", ".*it is recommended to use `Trainer\\(devices=1.*")
-        resume_ckpt = run_dir / "checkpoints" / "resume.ckpt" if resume is not None else None
-        trainer.fit(module, datamodule=dm, ckpt_path=str(resume_ckpt) if resume_ckpt else None)
-        if resumable is not None:
-            (run_dir / "checkpoints" / "resume.ckpt").unlink(missing_ok=True)  # finished: nothing left to resume
+        trainer.fit(module, datamodule=dm, ckpt_path=str(resume_checkpoint(run_dir)) if resume is not None else None)
+        resume_checkpoint(run_dir).unlink(missing_ok=True)  # finished: nothing left to resume
         if ckpt is not None:
             trainer.test(module, datamodule=dm, ckpt_path=ckpt.best_model_path or None, verbose=False)
 
@@ -347,12 +346,17 @@ def run(overrides: dict[str, str]) -> Path | None:
     return path
 
 
+def resume_checkpoint(run_dir: Path) -> Path:
+    """Where a run keeps its whole training state while it trains (``checkpoint_every``)."""
+    return Path(run_dir) / "checkpoints" / "resume.ckpt"
+
+
 def _unfinished(p: Plan, lock) -> Path | None:
     """The run directory of a killed run of this plan that left a resume checkpoint (named in the lock it
     left behind), unless ``fresh=true``; says so in one line."""
     previous = getattr(lock, "previous", None) or {}
     run_dir = previous.get("run_dir")
-    if not run_dir or not (Path(run_dir) / "checkpoints" / "resume.ckpt").is_file():
+    if not run_dir or not resume_checkpoint(run_dir).is_file():
         return None
     if p.run.fresh:
         print(f"fresh=true: not resuming the unfinished run in {run_dir}; starting over", file=sys.stderr)
@@ -363,8 +367,11 @@ def _unfinished(p: Plan, lock) -> Path | None:
 
 
 def _interrupted(exc: BaseException) -> bool:
-    """Ctrl-C, or the SIGTERM a scheduler or a preemptible machine sends (Lightning raises SIGTERMException)."""
-    return isinstance(exc, KeyboardInterrupt) or type(exc).__name__ == "SIGTERMException" or \
+    """Ctrl-C (Lightning turns it into ``exit(1)``), or the SIGTERM a scheduler or a preemptible machine sends
+    (Lightning's ``SIGTERMException``)."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    return isinstance(exc, (KeyboardInterrupt, SIGTERMException)) or \
         (isinstance(exc, SystemExit) and exc.code not in (0, None))
 
 

@@ -56,6 +56,11 @@ def method_cards() -> list[MethodCard]:
     return sorted(METHODS.cards(), key=lambda c: (c.order, c.name))
 
 
+def alternative_methods() -> frozenset[str]:
+    """Methods whose card has role ``alternative`` (memory tools, not in the tuned comparison of the papers' methods)."""
+    return frozenset(c.name for c in method_cards() if c.role == "alternative")
+
+
 def _only(what: str, cards: list[MethodCard]) -> MethodCard:
     if len(cards) != 1:
         raise UserError(f"exactly one method card must be the {what}; found {[c.name for c in cards]}")

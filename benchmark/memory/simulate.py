@@ -20,7 +20,6 @@ from benchmark.errors import UserError
 from benchmark.memory.architecture import backbone_config, build_backbone
 from benchmark.memory.fake import data_dependent_policy, swappable_params, target_choices
 from benchmark.memory.caching import CUDA_CONTEXT_BYTES, CachingAllocatorModel
-from benchmark.memory.storage import unique_storage_bytes
 
 DEFAULTS = {"backbone": "t5-base", "batch_size": "100", "max_length": "128",
             "precision": "32-true", "steps": "3", "target": "cuda"}
@@ -165,8 +164,6 @@ def simulate(overrides: dict[str, str], fake: bool = True, device: str = "cpu") 
         if cuda:
             torch.cuda.synchronize()
         counts = parameter_counts(module, method)
-        counts["backbone_storage_bytes"] = unique_storage_bytes(list(backbone.parameters()) + list(backbone.buffers())
-                                                                + method.extra_weight_tensors())
     if policy is not None:
         notes.extend(sorted(policy.notes))
     bd = tracker.peak_breakdown

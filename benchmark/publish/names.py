@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from methods import GENERIC_VARIANTS, method_cards, ours_method
+from methods import GENERIC_VARIANTS, alternative_methods, method_cards, ours_method
 from tasks import task_groups
 
 
@@ -38,7 +38,7 @@ QUANT_TITLE = f"{_OURS.quantizer_display} vs other quantizers on the frozen back
 
 # memory alternatives: the rows a user would pick instead of a METL method (an "alternative" card, or any
 # method under a generic memory variant such as ``@checkpointing``), drawn in their own colour
-_ALTERNATIVE_METHODS = frozenset(c.name for c in method_cards() if c.role == "alternative")
+_ALTERNATIVE_METHODS = alternative_methods()
 
 
 def is_alternative(label: str) -> bool:

@@ -30,12 +30,7 @@ class LoRA(Method):
 
     def __init__(self, backbone, config: LoraMethodConfig):
         super().__init__(backbone, config)
-        from benchmark.bnb import import_bitsandbytes
-
-        try:
-            import_bitsandbytes()  # before peft, which imports it (benchmark/bnb.py says why)
-        except ImportError:  # peft runs without it
-            pass
+        import benchmark.bnb_preload  # noqa: F401  (before peft, which imports bitsandbytes: benchmark/bnb.py)
         from peft import LoraConfig, inject_adapter_in_model
 
         targets = [t for t in config.target_modules.split(",") if t] or backbone.lora_targets

@@ -37,17 +37,14 @@ class QLoraMethodConfig(LoraMethodConfig):
                    "must be a power of two in [32, 4096] (bitsandbytes' block sizes)")
 
 
-def kept_in_full_precision(model: nn.Module, name: str, lin: nn.Linear) -> bool:
+def kept_in_full_precision(model: nn.Module, name: str, lin: nn.Linear, tables: set[int]) -> bool:
     """The linears QLoRA leaves unquantized, by transformers' rules for bitsandbytes (its
     ``get_modules_to_not_convert``): the LM head, any linear whose weight is an embedding's (tied), and the
     modules the model class keeps in fp32 (``_keep_in_fp32_modules``: T5's ``wo``, whose forward casts its
-    input to the weight's dtype and would cast to uint8)."""
+    input to the weight's dtype and would cast to uint8). ``tables``: ids of the model's embedding weights."""
     parts = name.split(".")
     keep = set(getattr(model, "_keep_in_fp32_modules", None) or ()) | {"lm_head"}
-    if keep & set(parts):
-        return True
-    tables = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    return id(lin.weight) in tables
+    return bool(keep & set(parts)) or id(lin.weight) in tables
 
 
 def _real_tensors():
@@ -138,9 +135,10 @@ def quantize_linears(backbone, config: QLoraMethodConfig) -> list[nn.Module]:
 
     bnb = import_bitsandbytes()
     model = backbone.model
+    tables = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     out = []
     for name, lin in list(backbone.linear_modules().items()):
-        if kept_in_full_precision(model, name, lin):
+        if kept_in_full_precision(model, name, lin, tables):
             continue
         with _real_tensors() if _SHAPE_ONLY[0] else nullcontext():  # Params4bit cannot wrap a fake tensor
             q = bnb.nn.Linear4bit(lin.in_features, lin.out_features, bias=lin.bias is not None,
@@ -171,8 +169,7 @@ def quantize_linears(backbone, config: QLoraMethodConfig) -> list[nn.Module]:
         # parameter counts count weights, not bytes (two NF4 weights per stored uint8): the protocol of
         # ``methods.base.logical_parameter_count`` for packed modules
         q.logical_numel = types.MethodType(_logical_numel, q)
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, q)
+        model.set_submodule(name, q)
         out.append(q)
     return out
 
