@@ -4,8 +4,12 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
+ROOT = Path(__file__).resolve().parents[1]
+CODE_PATHS = ("benchmark", "methods", "tasks", "pyproject.toml")  # what a result depends on; not results/ or docs
 PACKAGES = ("torch", "lightning", "transformers", "peft", "datasets", "torchmetrics", "bitsandbytes")
 
 
@@ -57,3 +61,28 @@ def git_info(repo_dir: str | os.PathLike) -> tuple[str | None, bool | None]:
     except (OSError, subprocess.SubprocessError, ValueError):
         dirty = None
     return commit or None, dirty
+
+
+def code_versions(commits: Iterable[str | None], repo_dir: str | os.PathLike = ROOT) -> dict:
+    """Each commit's code version: the git ids of ``CODE_PATHS`` at that commit.
+
+    Seeds run on commits that differ only in results or docs then count as one version, so the
+    leaderboard flags only rows whose seeds ran on different code. A commit this checkout lacks (a
+    shallow clone, another fork) or no git at all: the commit stands for itself.
+    """
+    known = sorted({c for c in commits if isinstance(c, str) and c})
+    versions: dict = {c: c for c in known}
+    if not known:
+        return versions
+    query = "".join(f"{c}:{p}\n" for c in known for p in CODE_PATHS)
+    try:
+        out = subprocess.run(["git", "--no-optional-locks", "cat-file", "--batch-check=%(objectname)"],
+                             cwd=repo_dir, input=query, capture_output=True, text=True, timeout=30,
+                             check=True).stdout.split("\n")
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return versions
+    for i, c in enumerate(known):
+        ids = out[i * len(CODE_PATHS):(i + 1) * len(CODE_PATHS)]
+        if len(ids) == len(CODE_PATHS) and not any(x.endswith("missing") or x.endswith("ambiguous") for x in ids):
+            versions[c] = "+".join(ids)
+    return versions

@@ -1,8 +1,10 @@
 """The leaderboard from hand-built results: seeds averaged, bad runs dropped and counted, task versions
 kept apart, the Pareto front in the task's direction, the GLUE average only when all eight tasks exist."""
 import math
+import subprocess
 
 import pandas as pd
+
 import pytest
 
 from benchmark.publish import ablations, leaderboard_main, tables
@@ -315,9 +317,36 @@ def test_runs_of_an_older_method_version_are_dropped_never_averaged():
 
 def test_a_row_whose_seeds_ran_on_different_commits_is_flagged():
     a, b, c = (make_record(seed=s, score=0.6 + s / 10) for s in range(3))
-    c["run"]["git_commit"] = "1" * 40
+    c["run"]["git_commit"] = "1" * 40  # unknown to this checkout: it stands for itself
     df, _ = build_leaderboard([a, b, c])
-    assert df.iloc[0]["commits"] == 2
-    assert "(3; 2 commits)" in tables.to_markdown(df)
+    assert df.iloc[0]["code_versions"] == 2
+    assert "(3; 2 code versions)" in tables.to_markdown(df)
     same, _ = build_leaderboard([a, b])
-    assert same.iloc[0]["commits"] == 1 and "commits)" not in tables.to_markdown(same).split("\n\n")[0]
+    assert same.iloc[0]["code_versions"] == 1 and "versions)" not in tables.to_markdown(same).split("\n\n")[0]
+
+
+def test_commits_that_changed_only_results_or_docs_are_one_code_version(tmp_path):
+    def git(*args):
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path,
+                              check=True, capture_output=True, text=True).stdout.strip()
+
+    def commit(path, text):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text(text)
+        git("add", "-A")
+        git("commit", "-qm", path)
+        return git("rev-parse", "HEAD")
+
+    git("init", "-q")
+    for path in ("benchmark/a.py", "methods/m.py", "tasks/t.py", "pyproject.toml"):
+        first = commit(path, "x = 1\n")
+    docs_only = commit("README.md", "results changed\n")
+    code = commit("methods/m.py", "x = 2\n")
+    records = [make_record(seed=s, score=0.6) for s in range(3)]
+    for r, c in zip(records, (first, docs_only, first)):
+        r["run"]["git_commit"] = c
+    df, _ = build_leaderboard(records, repo_dir=tmp_path)
+    assert df.iloc[0]["code_versions"] == 1 and "versions)" not in tables.to_markdown(df).split("\n\n")[0]
+    records[2]["run"]["git_commit"] = code
+    df, _ = build_leaderboard(records, repo_dir=tmp_path)
+    assert df.iloc[0]["code_versions"] == 2 and "(3; 2 code versions)" in tables.to_markdown(df)

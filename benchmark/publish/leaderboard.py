@@ -16,6 +16,7 @@ from typing import Iterable, Sequence
 
 import pandas as pd
 
+from benchmark import provenance
 from benchmark.publish.fmt import GIB
 from benchmark.publish.names import ABLATION_ROWS, AVERAGE_TASKS, AVERAGED
 from benchmark.results import CORRUPT, budget_label, method_label, validate
@@ -23,7 +24,7 @@ from benchmark.results import CORRUPT, budget_label, method_label, validate
 KEYS = ["task_family", "task", "task_version", "backbone", "budget", "device", "method"]
 PARETO_GROUP = ["task", "task_version", "backbone", "budget", "device"]
 TAIL = ["val_score_mean", "trainable_params", "trainable_percent", "peak_train_bytes", "peak_train_gib",
-        "step_seconds", "higher_is_better", "pareto", "commits"]
+        "step_seconds", "higher_is_better", "pareto", "code_versions"]
 
 
 @dataclass
@@ -124,7 +125,7 @@ def _aggregate(runs: pd.DataFrame, metric_names: list[str]) -> pd.DataFrame:
         score = _num(g["score"])
         row = dict(zip(KEYS, key))
         row.update(n=len(g), score_mean=score.mean(), score_std=score.std(ddof=1),
-                   commits=int(g["commit"].nunique()))  # seeds run on different commits: flagged in the tables
+                   code_versions=int(g["code_version"].nunique()))  # seeds run on different code: flagged in the tables
         for m in metric_names:
             col = f"test:{m}"
             values = _num(g[col]) if col in g else pd.Series(dtype=float)
@@ -163,12 +164,13 @@ def _family_average(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def build_leaderboard(records: Iterable[dict],
-                      problems: Iterable[tuple[os.PathLike | str, str]] = ()) -> tuple[pd.DataFrame, Report]:
+def build_leaderboard(records: Iterable[dict], problems: Iterable[tuple[os.PathLike | str, str]] = (),
+                      repo_dir: os.PathLike | str = provenance.ROOT) -> tuple[pd.DataFrame, Report]:
     """The leaderboard table and a report of what was dropped.
 
     ``records`` are results records (any status); ``problems`` are the ``(path, reason)`` pairs of
-    ``load_results``, counted as corrupt or invalid in the report.
+    ``load_results``, counted as corrupt or invalid in the report; ``repo_dir`` is the checkout whose git
+    history says which of the records' commits share the same code.
     """
     report = Report()
     for path, reason in problems:
@@ -199,6 +201,7 @@ def build_leaderboard(records: Iterable[dict],
         return pd.DataFrame(columns=columns), report
 
     latest, older, duplicates = _current(pd.DataFrame(runs))
+    latest = latest.assign(code_version=latest["commit"].map(provenance.code_versions(latest["commit"], repo_dir)))
     for _, r in older.iterrows():
         report.older += 1
         report.skipped.append((f"{r['task']}/{r['method']}/{r['backbone']} seed {r['seed']}",

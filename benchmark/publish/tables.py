@@ -15,8 +15,8 @@ from benchmark.publish.names import ABLATIONS_MOVED, AVERAGE_NOTES, LAYOUTS, MET
 from benchmark.results import atomic_write_text
 
 NOTES = ("Scores that are fractions (accuracy, F1, correlations) are in percent; mean ± sample std over "
-         "seeds, (n) = seeds; (n; k commits) = its seeds ran on k different commits of the suite (same method "
-         "version, but check the git log between them). Memory: peak training bytes / 1024^3 (GiB). ★ = Pareto front of score vs "
+         "seeds, (n) = seeds; (n; k code versions) = its seeds ran on k different versions of the suite's code "
+         "(benchmark/, methods/, tasks/, pyproject.toml; same method version, but check the git log between them). Memory: peak training bytes / 1024^3 (GiB). ★ = Pareto front of score vs "
          "peak memory within a task, version, backbone, budget and device. Budget: epochs (or steps), batch, "
          "max length, train/eval subsets, precision when not fp32; plateauN-max… = trained until N validations "
          "in a row brought no improvement, at most the cap; tuned-… = every method at the values of the same "
@@ -86,7 +86,7 @@ def _display_rows(df: pd.DataFrame) -> tuple[list[str], list[list[str]], list[bo
         rows.append([
             str(r["task"]), str(r["task_version"]), str(r["backbone"]), str(r["budget"]), str(r["device"]),
             str(r["method"]),
-            f"{fmt.score(r['score_mean'], r['score_std'], percent)} ({r['n']}{_commits(r)})", metrics,
+            f"{fmt.score(r['score_mean'], r['score_std'], percent)} ({r['n']}{_code_versions(r)})", metrics,
             fmt.score(r["val_score_mean"], None, percent),
             f"{int(r['trainable_params']):,} ({r['trainable_percent']:.2f} %)",
             f"{r['peak_train_gib']:.3f}", fmt.fixed(r["step_seconds"]),
@@ -95,9 +95,9 @@ def _display_rows(df: pd.DataFrame) -> tuple[list[str], list[list[str]], list[bo
     return header, rows, numeric
 
 
-def _commits(r) -> str:
-    k = r.get("commits")
-    return f"; {int(k)} commits" if k is not None and not fmt.isnan(k) and int(k) > 1 else ""
+def _code_versions(r) -> str:
+    k = r.get("code_versions")
+    return f"; {int(k)} code versions" if k is not None and not fmt.isnan(k) and int(k) > 1 else ""
 
 
 def to_markdown(df: pd.DataFrame) -> str:
