@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     from benchmark.cost import Costs, summary
     from benchmark.run import REPO_ROOT
 
-    extra = {"progress": "false", **parse_overrides(a.overrides)}
+    extra = parse_overrides(a.overrides)  # each run's log is a file: it gets plain progress lines, no bar
     results_dir = REPO_ROOT / extra.get("results_dir", RunConfig.results_dir)
     tasks = tuple(t for t in PAPER_TASKS if a.part == "all" or t.tuned == (a.part == "tuned"))
     if a.tasks:
