@@ -38,9 +38,11 @@ def test_checkpointing_changes_no_loss_or_gradient(method, backbone, head):
     for name in grads:
         torch.testing.assert_close(grads_ckpt[name], grads[name], rtol=1e-4, atol=1e-6, msg=name)
     assert kept_ckpt <= kept
-    if method in ("full", "lora", "bitfit", "lst", "side_tuning"):  # layers with autograd: fewer tensors kept
-        # (on tiny-t5 the LM head's [batch, target, 30522] scores outweigh its width-32 layers)
-        assert kept_ckpt < (0.9 if head == "classifier" else 0.99) * kept, (kept_ckpt, kept)
+    if method in ("full", "lora", "bitfit", "lst", "side_tuning", "unipt"):  # layers with autograd: fewer kept
+        # (on tiny-t5 the LM head's [batch, target, 30522] scores outweigh its width-32 layers, and UniPT's
+        # width-8 branches over 8 target positions are a sliver of them)
+        factor = 0.9 if head == "classifier" else 1.0 if method == "unipt" else 0.99
+        assert kept_ckpt < factor * kept, (kept_ckpt, kept)
 
 
 def test_checkpointing_is_a_variant_of_every_method():

@@ -121,12 +121,11 @@ class Family:
         raise NotImplementedError(f"family {self.name!r} does not expose its layers' FFN")
 
 
-def checkpointed(prepare, run, layer: nn.Module, hidden: torch.Tensor, ctx: LayerContext) -> torch.Tensor:
-    """``run(layer, hidden, ctx)`` under activation checkpointing (non-reentrant: only the layer's input is
-    kept, the rest recomputed in backward with the same RNG state); the stack's shared state is prepared
-    first, outside, so the recomputation runs the same operations. Torch-function modes active in the
-    forward (a memory prediction's CUDA kernel choices, ``benchmark.memory.fake``) are entered again for
-    the recomputation: backward does not keep them, and the recomputation must save what the forward did."""
+def checkpoint_call(fn, *args):
+    """``fn(*args)`` under activation checkpointing (non-reentrant: only the inputs are kept, the rest
+    recomputed in backward with the same RNG state). Torch-function modes active in the forward (a memory
+    prediction's CUDA kernel choices, ``benchmark.memory.fake``) are entered again for the recomputation:
+    backward does not keep them, and the recomputation must save what the forward did."""
     from contextlib import ExitStack, contextmanager, nullcontext
 
     from torch.overrides import _get_current_function_mode_stack
@@ -141,9 +140,15 @@ def checkpointed(prepare, run, layer: nn.Module, hidden: torch.Tensor, ctx: Laye
                 stack.enter_context(mode)
             yield
 
-    prepare(layer, hidden, ctx)
-    return checkpoint(run, layer, hidden, ctx, use_reentrant=False,
+    return checkpoint(fn, *args, use_reentrant=False,
                       context_fn=(lambda: (nullcontext(), again())) if modes else noop_context_fn)
+
+
+def checkpointed(prepare, run, layer: nn.Module, hidden: torch.Tensor, ctx: LayerContext) -> torch.Tensor:
+    """``run(layer, hidden, ctx)`` under activation checkpointing; the stack's shared state is prepared
+    first, outside, so the recomputation runs the same operations."""
+    prepare(layer, hidden, ctx)
+    return checkpoint_call(run, layer, hidden, ctx)
 
 
 def run_stack(hidden: torch.Tensor, layers, ctx: LayerContext, run, finish) -> list[torch.Tensor]:

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from benchmark.backbones.base import checkpoint_call
 from methods.base import ConfigError, Method, MethodConfig
 from methods.side import check_layers, frozen_decoder_states, frozen_hidden_states, parse_layers, taps_within
 
@@ -151,11 +152,20 @@ class UniPT(Method):
             L = mask.shape[1]
             keys = mask[:, None, :].bool() & torch.ones(L, L, dtype=torch.bool, device=mask.device).tril()
         anchor = pool(anchor_tokens, mask)
+
+        def branch(down, state, anchor_tokens, anchor):  # one tapped layer: its merged tokens and its score
+            tapped = down(state.to(dtype))
+            return (token_interaction(anchor_tokens, tapped, keys, self.config.eps),
+                    self.confidence_gate(anchor * pool(tapped, mask)))
+
+        # checkpointing: each branch keeps only its inputs (the frozen state is held anyway) and recomputes
+        # its projection and token-interaction scores in backward, the bulk of UniPT's activations
+        run = (lambda *a: checkpoint_call(branch, *a)) if self.config.checkpointing and torch.is_grad_enabled() else branch
         merged, scores = [], []
         for down, i in zip(self.down, self.taps):
-            tapped = down(states[i].to(dtype))
-            merged.append(token_interaction(anchor_tokens, tapped, keys, self.config.eps))
-            scores.append(self.confidence_gate(anchor * pool(tapped, mask)))
+            m, score = run(down, states[i], anchor_tokens, anchor)
+            merged.append(m)
+            scores.append(score)
         confidence = torch.softmax(torch.cat(scores, dim=-1), dim=-1)  # sums to 1 over the taps
         stacked = torch.stack(merged, dim=1)
         fused = (torch.einsum("bln,bnld->bld", confidence, stacked) if causal
