@@ -39,13 +39,27 @@ def env_info() -> dict:
     info: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform()}
     info.update({p: _version(p) for p in PACKAGES})
     info["device_name"] = _device_name()
+    info["cpu_threads"] = _cpu_threads()
     return info
+
+
+def _cpu_threads() -> int | None:
+    """torch's intra-op threads: a CPU matmul's summation order follows them, so the same seed run with 1
+    and with 2 threads (``make paper`` gives each of its parallel runs one) differs in the last bits, and
+    a short, noisy run can end far apart (easy_vqa, one epoch: 0.51 vs 0.67)."""
+    try:
+        import torch
+
+        return int(torch.get_num_threads())
+    except Exception:
+        return None
 
 
 def git_info(repo_dir: str | os.PathLike) -> tuple[str | None, bool | None]:
     """(commit, dirty) of the checkout at ``repo_dir``; (None, None) outside a repository or without git.
 
-    Dirty means a tracked file differs from the commit (untracked files, e.g. fresh results, don't count).
+    Dirty means a tracked file of the code (``CODE_PATHS``) differs from the commit: results, docs and the
+    leaderboard that ``make paper`` rewrites between its parts don't count, nor do untracked files.
     Read-only: ``--no-optional-locks`` keeps ``git status`` from touching the index.
     """
     def git(*args: str) -> str:
@@ -57,7 +71,7 @@ def git_info(repo_dir: str | os.PathLike) -> tuple[str | None, bool | None]:
     except (OSError, subprocess.SubprocessError, ValueError):
         return None, None
     try:
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS))
     except (OSError, subprocess.SubprocessError, ValueError):
         dirty = None
     return commit or None, dirty
