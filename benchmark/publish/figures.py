@@ -55,7 +55,7 @@ def accuracy_memory_figure(group: pd.DataFrame) -> Figure:
     higher = bool(g["higher_is_better"].iloc[0])
     percent = is_percent(higher, *g["score_mean"])
     scale = 100.0 if percent else 1.0
-    fig = _figure()
+    fig = _figure(10.5, 4.8)  # the legend sits beside the axes
     ax = fig.add_subplot()
     mem = g["peak_train_gib"]
     log = len(g) > 1 and mem.min() > 0 and mem.max() / mem.min() >= 4
@@ -109,7 +109,8 @@ def accuracy_memory_figure(group: pd.DataFrame) -> Figure:
                  f"○ = Pareto front" + ("; hollow teal = memory alternatives" if n_alt else ""), fontsize=10)
     ax.grid(True, which="both", alpha=0.25)
     ax.margins(x=0.12, y=0.15)
-    ax.legend(fontsize=7, loc="best")
+    # beside the axes: with the memory alternatives there are too many rows for a free corner inside
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
     return fig
 
