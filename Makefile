@@ -22,6 +22,7 @@ JOBS ?=
 EXECUTOR ?= local
 TRIALS ?=
 FRESH ?=
+LONGEST ?=
 
 RUN_ARGS = method=$(METHOD) task=$(TASK) backbone=$(BACKBONE) $(if $(DATA_DIR),data_dir=$(DATA_DIR)) $(if $(FRESH),fresh=true) $(ARGS)
 
@@ -71,8 +72,8 @@ list: setup ## registered methods, tasks and backbones
 memory: setup ## peak training memory of every method (BACKBONE BATCH LEN TASK) -> results/memory[-TASK].csv; PREDICT=1: predicted on fake tensors, no GPU -> results/memory_predicted.csv
 	$(PY) -m benchmark $(if $(PREDICT),predict,memory) task=$(TASK) backbone=$(BACKBONE) batch_size=$(BATCH) max_length=$(LEN) $(ARGS)
 
-advise: setup ## methods that fit BUDGET at BACKBONE/BATCH/LEN (predicted), best accuracy on TASK first
-	$(PY) -m benchmark advise budget=$(BUDGET) backbone=$(BACKBONE) batch_size=$(BATCH) max_length=$(LEN) task=$(TASK)
+advise: setup ## methods that fit BUDGET at BACKBONE/BATCH/LEN (predicted), best accuracy on TASK first; each one's largest batch at LEN (LONGEST=1: and longest length at BATCH)
+	$(PY) -m benchmark advise budget=$(BUDGET) backbone=$(BACKBONE) batch_size=$(BATCH) max_length=$(LEN) task=$(TASK) $(if $(LONGEST),longest=1)
 
 memory-compare-cuda: setup ## on a CUDA GPU: predicted vs max_memory_allocated per method (BACKBONE BATCH LEN)
 	$(PY) -m benchmark predict --compare-cuda task=$(TASK) backbone=$(BACKBONE) batch_size=$(BATCH) max_length=$(LEN) $(ARGS)

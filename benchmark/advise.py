@@ -110,35 +110,41 @@ def kind_label(backbone: str, head: str) -> str:
 
 
 def largest_batches(limit: int, backbone: str, batch: int, length: int, precision: str,
-                    head: str = "classifier") -> dict[str, dict]:
-    """Method name -> its largest batch under ``limit`` at ``length`` (``memory/capacity.py``), every method's
-    default configuration in its own process, probes cached on disk (a second call simulates nothing)."""
-    from benchmark.memory.capacity import PredictionCache, default_cache_folder
+                    head: str = "classifier", knob: str = "batch_size") -> dict[str, dict]:
+    """Method name -> its largest batch under ``limit`` at ``length`` (``knob="max_length"``: its longest
+    input at ``batch``, up to the backbone's limit; ``memory/capacity.py``), every method's default
+    configuration in its own process, probes cached on disk (a second call simulates nothing)."""
+    from benchmark.memory.architecture import length_limit
+    from benchmark.memory.capacity import KNOBS, MAX_BATCH, PredictionCache, default_cache_folder
     from methods import METHODS
 
     cache = PredictionCache(default_cache_folder())
+    maximum = MAX_BATCH if knob == "batch_size" else length_limit(backbone)
     # the same settings, in the same form, as the table's rows (memory/table.py row_overrides): a probe at the
     # asked batch is the table's prediction, read from the cache
     question = {name: {"backbone": backbone, "head": head, "batch_size": str(batch), "max_length": str(length),
                        "precision": precision, "method": name, "variant": ""} for name in METHODS}
-    answers = {name: cache.peek({**ov, "largest_under": str(limit)}) for name, ov in question.items()}
+    asked = {"largest_under": str(limit)} if knob == "batch_size" else {"longest_under": str(limit)}
+    answers = {name: cache.peek({**ov, **asked}) for name, ov in question.items()}
     todo = [(name, ov, None) for name, ov in question.items() if answers[name] is None]
+    what = KNOBS[knob].replace("_", " ")
     if todo:  # answered before: no process at all
         from benchmark.memory.predict import run_rows
 
-        out = run_rows(todo, jobs=2, largest_under=limit, progress=lambda s: print(
-            s.replace("predicting", "largest batch of"), file=sys.stderr, flush=True))
+        out = run_rows(todo, jobs=2, largest_under=limit, knob=knob, knob_max=maximum, progress=lambda s: print(
+            s.replace("predicting", f"{what} of"), file=sys.stderr, flush=True))
         for name, (status, value) in out.items():
             if status == "ok":
                 answers[name] = value
-                cache.put({**question[name], "largest_under": str(limit)}, value)
-            else:  # shown, not hidden: the table's "largest batch" column stays empty for it
-                print(f"largest batch of {name}: failed: {value}", file=sys.stderr)
+                cache.put({**question[name], **asked}, value)
+            else:  # shown, not hidden: the table's column stays empty for it
+                print(f"{what} of {name}: failed: {value}", file=sys.stderr)
     return {name: a for name, a in answers.items() if a is not None}
 
 
 def advise(budget: str, backbone: str, batch: int, length: int, task: str = "", precision: str = "32-true",
-           results_dir: str | Path = "results", largest: bool = True, head: str = "") -> list[dict]:
+           results_dir: str | Path = "results", largest: bool = True, head: str = "",
+           longest: bool = False) -> list[dict]:
     from benchmark.backbones import default_head
 
     limit = parse_budget(budget)
@@ -153,6 +159,7 @@ def advise(budget: str, backbone: str, batch: int, length: int, task: str = "", 
     pred, source = predicted(backbone, batch, length, precision, results_dir, head)
     acc = accuracy(task, kind_label(backbone, head), results_dir)
     biggest = largest_batches(limit, backbone, batch, length, precision, head) if largest else {}
+    longest_at = largest_batches(limit, backbone, batch, length, precision, head, knob="max_length") if longest else {}
     shown_as = kind_label(backbone, head)  # as results and predictions name it
     rows = []
     for _, r in pred.iterrows():
@@ -163,6 +170,8 @@ def advise(budget: str, backbone: str, batch: int, length: int, task: str = "", 
         rows.append({"method": label, "peak_bytes": int(peak) if ok else None,
                      "shown_bytes": int(shown) if ok else None, "fits": ok and shown <= limit,
                      "tight": ok and is_tight(int(shown), limit), "largest": biggest.get(label, {}).get("largest_batch"),
+                     "longest": longest_at.get(label, {}).get("longest_length"),
+                     "length_limit": longest_at.get(label, {}).get("limit"),
                      "mean": mean, "std": std, "n": n, "error": "" if ok else str(r.get("error", "failed"))})
     fitting = [r for r in rows if r["fits"] and not math.isnan(r["mean"])]
     for r in rows:
@@ -176,7 +185,8 @@ def advise(budget: str, backbone: str, batch: int, length: int, task: str = "", 
           f"tensors ({source}); accuracy: {f'{task} test score, mean ± std (n seeds), on {shown_as}' if task else 'no TASK given'}")
     print(f"fits: the predicted max_memory_reserved plus {CUDA_CONTEXT_BYTES / 2**20:.0f} MiB of CUDA context "
           f"(an estimate), what nvidia-smi would show, within the budget")
-    print(f"{'':1} {'method':36} {'peak GiB':>9} {'nvidia-smi':>10} {'fits':>10} {'largest batch':>13}  accuracy")
+    print(f"{'':1} {'method':36} {'peak GiB':>9} {'nvidia-smi':>10} {'fits':>10} {'largest batch':>13}"
+          + (f" {'longest length':>14}" if longest_at else "") + "  accuracy")
     for r in rows:
         peak = f"{r['peak_bytes'] / 2**30:.2f}" if r["peak_bytes"] is not None else "failed"
         smi = f"{r['shown_bytes'] / 2**30:.2f}" if r["shown_bytes"] is not None else ""
@@ -185,12 +195,18 @@ def advise(budget: str, backbone: str, batch: int, length: int, task: str = "", 
             score = f"{r['mean']:.2f} (1)"
         fits = ("yes, tight" if r["tight"] else "yes") if r["fits"] else "no"
         big = "" if r["largest"] is None else str(r["largest"])
-        print(f"{'*' if r['pareto'] else ' ':1} {r['method']:36} {peak:>9} {smi:>10} {fits:>10} {big:>13}  {score}"
-              + (f"  {r['error']}" if r["error"] else ""))
+        long_ = "" if r["longest"] is None else (f"{r['longest']}" + ("+" if r["longest"] == r["length_limit"] else ""))
+        print(f"{'*' if r['pareto'] else ' ':1} {r['method']:36} {peak:>9} {smi:>10} {fits:>10} {big:>13}"
+              + (f" {long_:>14}" if longest_at else "") + f"  {score}" + (f"  {r['error']}" if r["error"] else ""))
     if biggest:
         print(f"largest batch: the largest batch of each method's default configuration predicted to fit "
               f"{gib:.2f} GiB (as nvidia-smi shows it) at length {length}; tight: at batch {batch} it is "
               f"within {TIGHT:.0%} below the budget")
+    if longest_at:
+        cap = next(iter(longest_at.values()))["limit"]
+        print(f"longest length: the longest input of each method's default configuration predicted to fit at "
+              f"batch {batch}, searched up to {cap} (the backbone's limit, or the search's); '+': the limit "
+              f"itself fits")
     best = next((r for r in rows if r["fits"] and not math.isnan(r["mean"])), None)
     if best:
         print(f"best that fits: {best['method']}")
@@ -209,10 +225,14 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     quiet()
     o = parse_overrides(args.overrides)
-    unknown = set(o) - {"budget", "backbone", "head", "batch_size", "max_length", "task", "precision", "results_dir"}
+    unknown = set(o) - {"budget", "backbone", "head", "batch_size", "max_length", "task", "precision", "results_dir",
+                        "longest"}
     if unknown:
         raise UserError(f"unknown key {sorted(unknown)[0]!r}; valid: budget backbone head batch_size max_length task "
-                        f"precision results_dir")
+                        f"precision results_dir longest")
+    if o.get("longest", "0") not in ("0", "1", ""):
+        raise UserError(f"bad value longest={o['longest']!r}: 1 (also search each method's longest length at the "
+                        f"batch) or 0")
     if "budget" not in o:
         raise UserError("give a memory budget: BUDGET=8GiB (make advise) or budget=8GiB")
     try:
@@ -220,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         raise UserError("batch_size and max_length must be whole numbers") from None
     advise(o["budget"], o.get("backbone", "t5-base"), batch, length, o.get("task", ""),
-           o.get("precision", "32-true"), o.get("results_dir", "results"), head=o.get("head", ""))
+           o.get("precision", "32-true"), o.get("results_dir", "results"), head=o.get("head", ""),
+           longest=o.get("longest", "0") == "1")
     return 0
 
 

@@ -2,7 +2,7 @@
 import pandas as pd
 import pytest
 
-from benchmark.advise import advise, parse_budget
+from benchmark.advise import advise, main, parse_budget
 from benchmark.errors import UserError
 from benchmark.results import result_path, write_result
 from test_results import make_record
@@ -86,7 +86,7 @@ def test_advise_lists_the_largest_batch_and_flags_tight_rows_and_a_second_call_i
         .to_csv(tmp_path / "memory_predicted.csv", index=False)
     calls = []
 
-    def fake_rows(todo, jobs=2, progress=None, largest_under=None):
+    def fake_rows(todo, jobs=2, progress=None, largest_under=None, knob="batch_size", knob_max=None):
         calls.append([name for name, _, _ in todo])
         return {name: ("ok", {"method": name, "variant": name, "largest_batch": 8 * largest_under // peaks[name]})
                 for name, _, _ in todo}
@@ -109,3 +109,56 @@ def test_fits_is_decided_on_what_nvidia_smi_would_show(tmp_path):
                    "backbone": "minilm", "error": None}]).to_csv(tmp_path / "memory_predicted.csv", index=False)
     (row,) = advise("4GiB", "minilm", 8, 16, results_dir=tmp_path, largest=False)
     assert not row["fits"] and row["shown_bytes"] == int(4.2 * GIB)
+
+
+def test_the_length_search_is_capped_by_the_architecture():
+    from benchmark.memory.architecture import length_limit
+    from benchmark.memory.capacity import MAX_LENGTH
+
+    assert length_limit("minilm") == 512  # BERT's learned positions
+    assert length_limit("roberta-base") == 512  # 514 positions, the first two are RoBERTa's padding offset
+    assert length_limit("t5-small") == MAX_LENGTH  # relative positions: the search's own cap
+
+
+def test_the_longest_length_is_found_exactly_and_never_beyond_the_limit(tmp_path):
+    """The same search over max_length at the row's batch: a peak quadratic in the length (attention scores
+    on a math path) is answered exactly; when even the limit fits, the answer is the limit."""
+    from benchmark.memory.capacity import PredictionCache, largest_batch_row
+
+    def simulate(ov):
+        n = int(ov["max_length"])
+        assert ov["batch_size"] == "4"  # the batch stays the row's
+        return {"method": "m", "variant": "m", "peak_train_bytes": 10_000 + 300 * n + 2 * n * n}
+
+    cache = PredictionCache(tmp_path, version="t")
+    budget = 10_000 + 300 * 700 + 2 * 700 * 700
+    row = largest_batch_row({"batch_size": "4", "max_length": "128"}, budget, simulate, cache, knob="max_length",
+                            maximum=4096)
+    assert row["longest_length"] == 700 and len(row["probes"]) <= 12
+    capped = largest_batch_row({"batch_size": "4", "max_length": "128"}, budget, simulate, cache,
+                               knob="max_length", maximum=512)
+    assert capped["longest_length"] == 512 == capped["limit"]
+
+
+def test_advise_longest_adds_each_methods_longest_length_at_the_batch(tmp_path, capsys, monkeypatch):
+    from benchmark.memory import predict
+    from methods import METHODS
+
+    monkeypatch.setenv("METL_CACHE", str(tmp_path / "cache"))
+    pd.DataFrame([{"method": m, "variant": m, "peak_train_bytes": GIB, "nvidia_smi_bytes": 2 * GIB,
+                   "batch_size": 8, "max_length": 16, "precision": "32-true", "backbone": "minilm", "error": None}
+                  for m in METHODS]).to_csv(tmp_path / "memory_predicted.csv", index=False)
+    asked = []
+
+    def fake_rows(todo, jobs=2, progress=None, largest_under=None, knob="batch_size", knob_max=None):
+        asked.append((knob, knob_max))
+        key = "largest_batch" if knob == "batch_size" else "longest_length"
+        return {name: ("ok", {"method": name, "variant": name, key: 100 + i, "limit": knob_max})
+                for i, (name, _, _) in enumerate(todo)}
+
+    monkeypatch.setattr(predict, "run_rows", fake_rows)
+    rows = advise("4GiB", "minilm", 8, 16, results_dir=tmp_path, longest=True)
+    assert [k for k, _ in asked] == ["batch_size", "max_length"] and asked[1][1] == 512  # MiniLM's positions
+    assert sorted(r["longest"] for r in rows) == list(range(100, 100 + len(list(METHODS))))
+    assert "longest length" in capsys.readouterr().out
+    assert main(["budget=4GiB", "longest=yes"]) == 2

@@ -80,6 +80,11 @@ class Family:
     seq2seq_class_name: str | None = None
     default_pooling = "cls"  # how a named hub backbone of this family pools, unless its spec says otherwise
 
+    def max_length(self, config) -> int | None:
+        """The longest input a model of this config takes (learned absolute positions end somewhere);
+        None: no limit from the architecture (relative positions)."""
+        return None
+
     def model_class(self, seq2seq: bool = False):
         import transformers
 

@@ -51,6 +51,11 @@ class BertFamily(Family):
     name = "bert"
     lora_targets = ("query", "value")
 
+    def max_length(self, config) -> int | None:
+        # learned absolute positions; RoBERTa's start after its padding index (514 -> 512 tokens)
+        offset = config.pad_token_id + 1 if config.model_type in ("roberta", "xlm-roberta") else 0
+        return config.max_position_embeddings - offset
+
     def encoder_of(self, model):
         return model
 

@@ -63,6 +63,16 @@ def backbone_config(name: str) -> tuple[str, object, str]:
     return name, cfg, family.default_pooling if family else "cls"
 
 
+def length_limit(name: str) -> int:
+    """The longest input a length search may try on this backbone: its architecture's limit (learned
+    absolute positions), else ``capacity.MAX_LENGTH``."""
+    from benchmark.backbones import _family
+    from benchmark.memory.capacity import MAX_LENGTH
+
+    label, config, _ = backbone_config(name)
+    return _family(config.model_type, label).max_length(config) or MAX_LENGTH
+
+
 def build_backbone(config, label: str, pooling: str, head: str = "classifier"):
     """Random-init backbone from ``config``, as ``load_backbone`` builds a random-config one (no tokenizer);
     ``head=seq2seq``: the whole encoder-decoder with its LM head."""

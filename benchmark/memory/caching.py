@@ -13,9 +13,17 @@ semantics" notes), default settings (no ``expandable_segments``, no ``max_split_
   the rest is worth keeping (at least 512 bytes in the small pool, more than 1 MiB in the large one);
 - a freed block merges with free neighbours of its segment.
 
-Not modelled: the CUDA context and the libraries' own memory (cuBLAS workspaces, kernels' code), which
-``nvidia-smi`` shows on top (``CUDA_CONTEXT_BYTES``, an estimate); streams (one stream here); garbage collection
-of cached blocks (off by default).
+cuBLAS's workspace is modelled too (``CublasWorkspaces``): PyTorch gives each (cuBLAS handle, stream) one
+workspace from the caching allocator, the first time a thread runs a cuBLAS op, and keeps it (it counts in
+``max_memory_allocated``); handles are per thread, so a training step holds two: the calling thread's
+(forward, optimizer) and the autograd engine's device thread's (backward). Its size is PyTorch's default for
+the GPU (``CublasHandlePool.cpp``, ``CUBLAS_WORKSPACE_CONFIG`` unset): 32 MiB on Hopper (sm90, the H100 the
+reference runs used), 8 MiB + 128 KiB before it.
+
+Not modelled: the CUDA context and the libraries' code, which ``nvidia-smi`` shows on top
+(``CUDA_CONTEXT_BYTES``, an estimate); scratch that single kernels allocate and free inside one op (it can
+raise a peak by one op's scratch); streams (one stream here); garbage collection of cached blocks (off by
+default).
 """
 from __future__ import annotations
 
@@ -33,6 +41,9 @@ ROUND_LARGE = 2 * MB
 # device before its first tensor: not tensors, not in max_memory_reserved, shown by nvidia-smi. An estimate
 # (about 500 MiB with CUDA 12 on an H100; it varies by driver, GPU and loaded libraries), stated as such.
 CUDA_CONTEXT_BYTES = 500 * MB
+# PyTorch's default cuBLAS workspace per (handle, stream): 4096 KiB x 8 on sm90 and later, else
+# 4096 KiB x 2 + 16 KiB x 8 (aten/src/ATen/cuda/CublasHandlePool.cpp); cuBLASLt shares it by default
+CUBLAS_WORKSPACE_BYTES = {"sm90": 4096 * KB * 8, "older": 4096 * KB * 2 + 16 * KB * 8}
 
 
 def round_size(nbytes: int) -> int:
@@ -137,3 +148,32 @@ class CachingAllocatorModel:
         while pool[i][3] is not block:
             i += 1
         pool.pop(i)
+
+
+def cublas_workspaces(caching: CachingAllocatorModel, nbytes: int = CUBLAS_WORKSPACE_BYTES["sm90"]):
+    """A dispatch mode that allocates cuBLAS's workspace in ``caching`` the first time each thread would run a
+    cuBLAS op (module docstring): the caller's thread, and the autograd engine's device thread, which runs
+    every backward op of CUDA tensors (on CPU, fake or not, backward runs on the caller's thread: an op
+    inside a backward node stands for the device thread). Never freed, as in PyTorch."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    aten = torch.ops.aten
+    cublas = {aten.mm, aten.addmm, aten.bmm, aten.baddbmm, aten.addbmm, aten.mv, aten.addmv, aten.dot,
+              aten.vdot, aten._addmm_activation}
+
+    class CublasWorkspaces(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.threads: list[str] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func.overloadpacket in cublas:
+                thread = "autograd" if torch._C._current_autograd_node() is not None else "caller"
+                if thread not in self.threads:
+                    self.threads.append(thread)
+                    caching.alloc(("cublas workspace", thread), nbytes)
+            return out
+
+    return CublasWorkspaces()

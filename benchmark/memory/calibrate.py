@@ -6,7 +6,7 @@ import warnings
 from contextlib import ExitStack
 
 from benchmark.memory.architecture import CONFIG_DIR, config_from_json
-from benchmark.memory.caching import CachingAllocatorModel
+from benchmark.memory.caching import CachingAllocatorModel, cublas_workspaces
 from benchmark.memory.fake import swappable_params, target_choices
 
 # docs/memory.md: H100 80GB, T5ForConditionalGeneration from the t5-base config (random init), batch 100,
@@ -19,10 +19,11 @@ REFERENCE_SHAPE = {"batch_size": 100, "max_length": 128, "target_length": 8, "pr
 
 
 def _reference_peak(kind: str, target: str, order: str, batch_size: int = 100, max_length: int = 128,
-                    target_length: int = 8, precision: str = "32-true") -> tuple[int, int]:
+                    target_length: int = 8, precision: str = "32-true") -> tuple[int, int, int]:
     """One reference run (docs/memory.md) under FakeTensorMode, at its shape or another one; ``order``:
     ``plain`` (forward, backward, step, zero_grad) or ``lightning`` (zero_grad between forward and backward,
-    inside the step's closure). Returns (predicted allocated peak, predicted reserved peak)."""
+    inside the step's closure). Returns (the tensors' peak, predicted ``max_memory_allocated``: the caching
+    allocator's blocks plus cuBLAS's workspaces on ``target=cuda``, predicted ``max_memory_reserved``)."""
     from contextlib import nullcontext
 
     import torch
@@ -50,7 +51,8 @@ def _reference_peak(kind: str, target: str, order: str, batch_size: int = 100, m
         caching = CachingAllocatorModel()
         tracker.listener = caching.event
         autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16-mixed" else nullcontext
-        with tracker:
+        workspaces = cublas_workspaces(caching) if target == "cuda" else nullcontext()
+        with tracker, workspaces:
             model.train(kind != "frozen")
             for _ in range(2 if kind == "frozen" else 4):
                 batch = {"input_ids": torch.randint(0, config.vocab_size, (batch_size, max_length)),
@@ -72,7 +74,7 @@ def _reference_peak(kind: str, target: str, order: str, batch_size: int = 100, m
                 opt.step(closure=closure)
                 if order == "plain":
                     opt.zero_grad()
-    return tracker.peak_bytes, caching.peak_reserved
+    return tracker.peak_bytes, caching.peak_allocated, caching.peak_reserved
 
 
 def calibrate(target: str = "cuda", **shape) -> int:
@@ -81,14 +83,15 @@ def calibrate(target: str = "cuda", **shape) -> int:
     reference has them (its shape only)."""
     shape = {**REFERENCE_SHAPE, **shape}
     measured_here = shape == REFERENCE_SHAPE
-    print("run | loop order | predicted bytes | predicted reserved | H100 max_memory_allocated | predicted / measured")
-    print("--- | --- | --- | --- | --- | ---")
+    print("run | loop order | tensors' peak | predicted allocated | predicted reserved | H100 max_memory_allocated "
+          "| predicted allocated / measured")
+    print("--- | --- | --- | --- | --- | --- | ---")
     for kind, measured in REFERENCE_H100.items():
         for order in ("plain",) if kind == "frozen" else ("plain", "lightning"):
-            peak, reserved = _reference_peak(kind, target, order, **shape)
-            ratio = f"{peak / measured:.3f}" if measured_here else "-"
-            print(f"{kind} | {order} | {peak:,} | {reserved:,} | {f'{measured:,}' if measured_here else '-'} | {ratio}",
-                  flush=True)
+            tensors, allocated, reserved = _reference_peak(kind, target, order, **shape)
+            ratio = f"{allocated / measured:.3f}" if measured_here else "-"
+            print(f"{kind} | {order} | {tensors:,} | {allocated:,} | {reserved:,} | "
+                  f"{f'{measured:,}' if measured_here else '-'} | {ratio}", flush=True)
     print(f"\nT5-base encoder-decoder, batch {shape['batch_size']}, source {shape['max_length']}, target "
           f"{shape['target_length']}, {shape['precision']}, AdamW, 4 steps; target {target}"
           + ("" if measured_here else "; the H100 reference was measured at batch 100, source 128, target 8, fp32 only"))

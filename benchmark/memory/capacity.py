@@ -4,8 +4,10 @@ predictions so a second question costs nothing.
 Peak training memory grows with the batch (weights, gradients and optimizer state stay, activations grow with
 it), so "the largest batch that fits" is a search over a monotone function that costs one fake-tensor
 simulation per probe. Two probes give a straight-line estimate of where the budget is crossed (activations
-are very nearly linear in the batch); bisection between the largest batch known to fit and the smallest known
-not to fit then settles it exactly, usually in two or three more probes.
+are very nearly linear in the batch); between the largest value known to fit and the smallest known not to,
+the line through the two (checked with its neighbour), or bisection where a line step did not halve the
+bracket, then settles it exactly, usually in two or three more probes. The same search answers the longest
+input at a batch, where the peak curves (attention scores grow with the square of the length).
 """
 from __future__ import annotations
 
@@ -16,6 +18,9 @@ from pathlib import Path
 from typing import Callable
 
 MAX_BATCH = 1 << 16
+MAX_LENGTH = 1 << 14  # the longest input searched where the architecture sets no limit (T5's relative positions)
+# what a search varies -> the name of its answer
+KNOBS = {"batch_size": "largest_batch", "max_length": "longest_length"}
 TIGHT = 0.10  # a row whose predicted peak is within 10 % below the budget is "tight"
 
 
@@ -61,8 +66,21 @@ def largest_batch(peak_at: Callable[[int], int], budget: int, first: int = 8,
         if lo >= max_batch:
             return max_batch, probes
         see(min(max_batch, max(1, 2 * lo)))
-    while hi - lo > 1:  # bisection (from 0: probes 1 when nothing fits)
-        see((lo + hi) // 2)
+    halve = lo == 0  # from 0: bisection, which probes 1 when nothing fits
+    while hi - lo > 1:
+        width = hi - lo
+        if halve:
+            see((lo + hi) // 2)
+        else:  # the secant through the two probes nearest the budget (a peak that curves, as attention's does
+            # over the length, is met in a few of these); near the answer, the neighbour on the other side
+            (xa, ya), (xb, yb) = list(probes.items())[-2:]
+            est = xa + (budget - ya) * (xb - xa) / (yb - ya) if yb != ya else (lo + hi) / 2
+            est = min(hi - 1, max(lo + 1, int(est)))
+            see(est)
+            near = est + 1 if lo == est else est - 1
+            if open_(near) and hi - lo <= 8:
+                see(near)
+        halve = not halve and hi - lo > width // 2  # a secant step that did not halve the bracket: bisect next
     return lo, probes
 
 
@@ -126,18 +144,24 @@ def default_cache_folder() -> Path:
     return (Path(env).expanduser() if env else Path.home() / ".cache" / "metl-bench") / "predictions"
 
 
-def largest_batch_row(overrides: dict[str, str], budget: int, simulate, cache: PredictionCache | None = None) -> dict:
-    """One row's largest batch under ``budget``: every probe a (cached) ``simulate`` of the row at that batch."""
+def largest_batch_row(overrides: dict[str, str], budget: int, simulate, cache: PredictionCache | None = None,
+                      knob: str = "batch_size", maximum: int = MAX_BATCH) -> dict:
+    """One row's largest batch under ``budget`` (``knob="max_length"``: its longest input at the row's batch,
+    at most ``maximum``): every probe a (cached) ``simulate`` of the row at that value. The peak grows with
+    the length too (attention's scores quadratically on a math path), so the same search answers it."""
+    if knob not in KNOBS:
+        raise ValueError(f"cannot search {knob!r}; one of {', '.join(KNOBS)}")
     cache = cache or PredictionCache(default_cache_folder())
     rows: dict[int, dict] = {}
 
     def peak_at(b: int) -> int:
-        rows[b] = cache.get({**overrides, "batch_size": str(b)}, simulate)
+        rows[b] = cache.get({**overrides, knob: str(b)}, simulate)
         return int(rows[b].get("nvidia_smi_bytes") or rows[b]["peak_train_bytes"])  # what nvidia-smi would show
 
-    first = int(overrides.get("batch_size", "8") or 8)
-    best, probes = largest_batch(peak_at, budget, first=first)
+    first = int(overrides.get(knob, "8") or 8)
+    best, probes = largest_batch(peak_at, budget, first=min(first, maximum), max_batch=maximum)
     any_row = next(iter(rows.values()))
-    return {"method": any_row["method"], "variant": any_row["variant"], "largest_batch": best,
-            "peak_at_largest": probes.get(best), "probes": {str(b): p for b, p in sorted(probes.items())},
+    return {"method": any_row["method"], "variant": any_row["variant"], KNOBS[knob]: best,
+            "limit": maximum, "peak_at_largest": probes.get(best),
+            "probes": {str(b): p for b, p in sorted(probes.items())},
             "cache_hits": cache.hits, "cache_misses": cache.misses}

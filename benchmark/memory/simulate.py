@@ -19,7 +19,7 @@ from contextlib import ExitStack, nullcontext
 from benchmark.errors import UserError
 from benchmark.memory.architecture import backbone_config, build_backbone
 from benchmark.memory.fake import data_dependent_policy, swappable_params, target_choices
-from benchmark.memory.caching import CUDA_CONTEXT_BYTES, CachingAllocatorModel
+from benchmark.memory.caching import CUDA_CONTEXT_BYTES, CachingAllocatorModel, cublas_workspaces
 
 DEFAULTS = {"backbone": "t5-base", "batch_size": "100", "max_length": "128",
             "precision": "32-true", "steps": "3", "target": "cuda"}
@@ -144,7 +144,9 @@ def simulate(overrides: dict[str, str], fake: bool = True, device: str = "cpu") 
         tracker.listener = caching.event
         autocast = (lambda: torch.autocast(torch.device(device).type, dtype=torch.bfloat16)) \
             if r.precision == "bf16-mixed" else nullcontext
-        with tracker:
+        # cuBLAS's workspaces count in max_memory_allocated too (caching.py); the tracker sees tensors only
+        workspaces = cublas_workspaces(caching) if fake and target == "cuda" else nullcontext()
+        with tracker, workspaces:
             module.train()
             for step in range(steps):
                 batch = _batch(config, p.task, r.batch_size, r.max_length, device, r.seed + step)
