@@ -23,6 +23,8 @@ EXECUTOR ?= local
 TRIALS ?=
 FRESH ?=
 LONGEST ?=
+# make advise asks at the papers' batch (100, as results/memory_predicted.csv) unless BATCH is given
+ADVISE_BATCH = $(if $(filter command line environment environment override override,$(origin BATCH)),$(BATCH),100)
 
 RUN_ARGS = method=$(METHOD) task=$(TASK) backbone=$(BACKBONE) $(if $(DATA_DIR),data_dir=$(DATA_DIR)) $(if $(FRESH),fresh=true) $(ARGS)
 
@@ -73,7 +75,7 @@ memory: setup ## peak training memory of every method (BACKBONE BATCH LEN TASK) 
 	$(PY) -m benchmark $(if $(PREDICT),predict,memory) task=$(TASK) backbone=$(BACKBONE) batch_size=$(BATCH) max_length=$(LEN) $(ARGS)
 
 advise: setup ## methods that fit BUDGET at BACKBONE/BATCH/LEN (predicted), best accuracy on TASK first; each one's largest batch at LEN (LONGEST=1: and longest length at BATCH)
-	$(PY) -m benchmark advise budget=$(BUDGET) backbone=$(BACKBONE) batch_size=$(BATCH) max_length=$(LEN) task=$(TASK) $(if $(LONGEST),longest=1)
+	$(PY) -m benchmark advise budget=$(BUDGET) backbone=$(BACKBONE) batch_size=$(ADVISE_BATCH) max_length=$(LEN) task=$(TASK) $(if $(LONGEST),longest=1)
 
 memory-compare-cuda: setup ## on a CUDA GPU: predicted vs max_memory_allocated per method (BACKBONE BATCH LEN)
 	$(PY) -m benchmark predict --compare-cuda task=$(TASK) backbone=$(BACKBONE) batch_size=$(BATCH) max_length=$(LEN) $(ARGS)

@@ -86,7 +86,7 @@ def test_advise_lists_the_largest_batch_and_flags_tight_rows_and_a_second_call_i
         .to_csv(tmp_path / "memory_predicted.csv", index=False)
     calls = []
 
-    def fake_rows(todo, jobs=2, progress=None, largest_under=None, knob="batch_size", knob_max=None):
+    def fake_rows(todo, jobs=2, progress=None, largest_under=None, knob="batch_size", knob_max=None, known=None):
         calls.append([name for name, _, _ in todo])
         return {name: ("ok", {"method": name, "variant": name, "largest_batch": 8 * largest_under // peaks[name]})
                 for name, _, _ in todo}
@@ -150,8 +150,10 @@ def test_advise_longest_adds_each_methods_longest_length_at_the_batch(tmp_path, 
                   for m in METHODS]).to_csv(tmp_path / "memory_predicted.csv", index=False)
     asked = []
 
-    def fake_rows(todo, jobs=2, progress=None, largest_under=None, knob="batch_size", knob_max=None):
+    def fake_rows(todo, jobs=2, progress=None, largest_under=None, knob="batch_size", knob_max=None, known=None):
         asked.append((knob, knob_max))
+        # the table's row is each search's first probe, at the asked batch (8) or length (16): not predicted again
+        assert known == {name: {8 if knob == "batch_size" else 16: 2 * GIB} for name, _, _ in todo}
         key = "largest_batch" if knob == "batch_size" else "longest_length"
         return {name: ("ok", {"method": name, "variant": name, key: 100 + i, "limit": knob_max})
                 for i, (name, _, _) in enumerate(todo)}

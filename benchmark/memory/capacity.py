@@ -62,10 +62,13 @@ def largest_batch(peak_at: Callable[[int], int], budget: int, first: int = 8,
             near = est + 1 if lo == est else est - 1
             if near >= 1 and open_(near):
                 see(near)
-    while hi is None:  # nothing known to fail yet: double
+    while hi is None:  # nothing known to fail yet: the line from the first probe through the largest that
+        # fits, just past its crossing (it curves up, so the crossing is near), at most doubling
         if lo >= max_batch:
             return max_batch, probes
-        see(min(max_batch, max(1, 2 * lo)))
+        (xa, ya), y = min(probes.items()), probes[lo]
+        est = int(xa + (budget - ya) * (lo - xa) / (y - ya)) + 1 if lo > xa and y > ya else 2 * lo
+        see(min(max_batch, max(lo + 1 + lo // 32, min(2 * lo, est))))  # 3 % at least: reserved has flat steps
     halve = lo == 0  # from 0: bisection, which probes 1 when nothing fits
     while hi - lo > 1:
         width = hi - lo
@@ -145,16 +148,20 @@ def default_cache_folder() -> Path:
 
 
 def largest_batch_row(overrides: dict[str, str], budget: int, simulate, cache: PredictionCache | None = None,
-                      knob: str = "batch_size", maximum: int = MAX_BATCH) -> dict:
+                      knob: str = "batch_size", maximum: int = MAX_BATCH, known: dict[int, int] | None = None) -> dict:
     """One row's largest batch under ``budget`` (``knob="max_length"``: its longest input at the row's batch,
     at most ``maximum``): every probe a (cached) ``simulate`` of the row at that value. The peak grows with
-    the length too (attention's scores quadratically on a math path), so the same search answers it."""
+    the length too (attention's scores quadratically on a math path), so the same search answers it.
+    ``known``: value -> peak already predicted (the committed table's row at the asked batch), not simulated again."""
     if knob not in KNOBS:
         raise ValueError(f"cannot search {knob!r}; one of {', '.join(KNOBS)}")
     cache = cache or PredictionCache(default_cache_folder())
     rows: dict[int, dict] = {}
 
     def peak_at(b: int) -> int:
+        if known and b in known:
+            rows[b] = {"method": overrides.get("method"), "variant": overrides.get("variant"), "nvidia_smi_bytes": known[b]}
+            return known[b]
         rows[b] = cache.get({**overrides, knob: str(b)}, simulate)
         return int(rows[b].get("nvidia_smi_bytes") or rows[b]["peak_train_bytes"])  # what nvidia-smi would show
 

@@ -68,7 +68,8 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _row_process(overrides: dict[str, str], real_device: str | None, largest_under: int | None = None,
-                 cached: bool = False, knob: str = "batch_size", knob_max: int | None = None) -> int:
+                 cached: bool = False, knob: str = "batch_size", knob_max: int | None = None,
+                 known: dict[int, int] | None = None) -> int:
     """A row's own process: its result (or its one-line failure) as one marked JSON line. ``largest_under``:
     the largest ``knob`` (batch, or length at the row's batch) up to ``knob_max`` that fits that many bytes
     (``capacity.py``), every probe cached on disk."""
@@ -80,7 +81,7 @@ def _row_process(overrides: dict[str, str], real_device: str | None, largest_und
             from benchmark.memory.capacity import MAX_BATCH, largest_batch_row
 
             msg = ("ok", largest_batch_row(overrides, largest_under, simulate, knob=knob,
-                                           maximum=knob_max or MAX_BATCH))
+                                           maximum=knob_max or MAX_BATCH, known=known))
         elif cached and real_device is None:  # make advise: the same prediction is read back, not rerun
             from benchmark.memory.capacity import PredictionCache, default_cache_folder
 
@@ -103,11 +104,11 @@ def _died(d) -> tuple[str, str]:
 
 def run_rows(jobs_list: list[tuple[object, dict[str, str], str | None]], jobs: int = 2,
              progress=None, largest_under: int | None = None, cached: bool = False, knob: str = "batch_size",
-             knob_max: int | None = None) -> dict[object, tuple[str, object]]:
+             knob_max: int | None = None, known: dict | None = None) -> dict[object, tuple[str, object]]:
     """Run ``(key, overrides, real_device)`` rows in fresh processes, ``jobs`` at a time; returns
     key -> ("ok", row) or ("failed", one-line reason). A crashed process fails only its own row.
     ``largest_under``: each row answers the largest ``knob`` (up to ``knob_max``) that fits that many bytes
-    instead."""
+    instead; ``known``: key -> {value: peak} a search need not predict again."""
     from benchmark import jobs as runner
 
     todo = []
@@ -115,6 +116,7 @@ def run_rows(jobs_list: list[tuple[object, dict[str, str], str | None]], jobs: i
         argv = [sys.executable, "-m", "benchmark.memory.predict", "--one", *(["--device", real] if real else []),
                 *(["--largest-under", str(largest_under), "--knob", knob] if largest_under is not None else []),
                 *(["--knob-max", str(knob_max)] if knob_max else []),
+                *([f"--known={','.join(f'{b}:{v}' for b, v in known[key].items())}"] if known and known.get(key) else []),
                 *(["--cached"] if cached else []),
                 *(f"{k}={v}" for k, v in overrides.items())]
         todo.append(runner.Job(str(key), argv, data=(key, real)))
@@ -253,13 +255,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--largest-under", type=int, default=None, help=argparse.SUPPRESS)  # with --one
     parser.add_argument("--knob", default="batch_size", help=argparse.SUPPRESS)  # with --largest-under
     parser.add_argument("--knob-max", type=int, default=None, help=argparse.SUPPRESS)  # with --largest-under
+    parser.add_argument("--known", default="", help=argparse.SUPPRESS)  # with --largest-under: b:peak,...
     parser.add_argument("--cached", action="store_true", help="read and keep each row's prediction in the disk "
                         "cache (~/.cache/metl-bench/predictions), as make advise does")
     args = parser.parse_args(argv)
     quiet()
     overrides = parse_overrides(args.overrides)
     if args.one:
-        return _row_process(overrides, args.device, args.largest_under, args.cached, args.knob, args.knob_max)
+        known = {int(b): int(v) for b, v in (kv.split(":") for kv in args.known.split(",") if kv)}
+        return _row_process(overrides, args.device, args.largest_under, args.cached, args.knob, args.knob_max,
+                            known or None)
     opts = {k: overrides.pop(k) for k in CLI_KEYS if k in overrides}
     methods = opts.get("methods", "").replace(",", " ").split() or None
     if args.compare_cuda:
