@@ -63,7 +63,8 @@ EFFICIENCY_FIELDS = {
 }
 # train_steps: optimizer steps trained (where an until-plateau run stopped); absent in older records
 # steps_per_epoch: training batches per epoch (what cost estimates scale by); absent in older records
-EFFICIENCY_OPTIONAL = {"train_steps": "int", "steps_per_epoch": "int", "segments": "int"}  # segments: > 1 when resumed
+# segments: > 1 when resumed; earlier_seconds: the training time of the segments before the last (in total_seconds)
+EFFICIENCY_OPTIONAL = {"train_steps": "int", "steps_per_epoch": "int", "segments": "int", "earlier_seconds": "num"}
 ENV_FIELDS = {"python": "str?", "platform": "str?", **{p: "str?" for p in PACKAGES}, "device_name": "str?",
               "cpu_threads": "int?"}
 # packages whose version records carry since they joined the suite (older records lack them)

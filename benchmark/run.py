@@ -275,9 +275,12 @@ def execute(p: Plan, test: bool = True, callbacks: list | tuple = (), resume: Pa
 
     eff = meter.summary()
     eff.update(parameter_counts(module, method))
+    earlier = float(getattr(module, "_resumed_seconds", 0.0))
     eff.update({
         "checkpoint_bytes": os.path.getsize(ckpt.best_model_path) if ckpt and ckpt.best_model_path else None,
-        "total_seconds": time.time() - t0, "batch_size": r.batch_size, "max_length": r.max_length,
+        # a resumed run: plus the training time of the segments before (up to the checkpoint it resumed from)
+        "total_seconds": time.time() - t0 + earlier, "earlier_seconds": earlier,
+        "batch_size": r.batch_size, "max_length": r.max_length,
         "precision": r.precision, "num_processes": trainer.world_size,
         "train_steps": int(trainer.global_step),  # where an until-plateau run stopped (optimizer steps)
         "steps_per_epoch": int(trainer.num_training_batches),  # what make paper's cost estimate scales by

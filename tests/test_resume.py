@@ -47,6 +47,8 @@ def test_a_killed_run_resumes_and_ends_as_an_uninterrupted_one(tmp_path):
         time.sleep(0.02)
     killed.send_signal(signal.SIGKILL)
     killed.wait()
+    (ck,) = (tmp_path / "runs-1").rglob("resume.ckpt")
+    first = float(torch.load(ck, map_location="cpu", weights_only=False)["metl"]["train_seconds"])
     assert not list((tmp_path / "res").rglob("seed0.json"))  # killed: no result
     err = finish(start(tmp_path, "res", "runs-2"))
     assert "resuming the unfinished run" in err
@@ -54,6 +56,10 @@ def test_a_killed_run_resumes_and_ends_as_an_uninterrupted_one(tmp_path):
     assert res["metrics"]["val_curve"] and [(c["step"], c["score"]) for c in res["metrics"]["val_curve"]] \
         == [(c["step"], c["score"]) for c in ref["metrics"]["val_curve"]]
     assert res["metrics"]["test"] == ref["metrics"]["test"] and res["efficiency"]["train_steps"] == 64
+    # its time is both segments' (the first up to its checkpoint), as the curve's clock is: not the last alone
+    eff = res["efficiency"]
+    assert first > 0 and eff["earlier_seconds"] == first and ref["efficiency"]["earlier_seconds"] == 0
+    assert eff["total_seconds"] >= res["metrics"]["val_curve"][-1]["seconds"] and eff["total_seconds"] > first
     assert res["efficiency"]["segments"] == 2 and ref["efficiency"]["segments"] == 1
     assert res["efficiency"]["peak_train_bytes"] == ref["efficiency"]["peak_train_bytes"]
     best = [torch.load(next((tmp_path / d).rglob("best.ckpt")), map_location="cpu", weights_only=False)["state_dict"]
