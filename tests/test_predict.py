@@ -197,6 +197,24 @@ def test_cublas_workspaces_are_one_per_thread_that_runs_cublas_and_count_as_allo
     assert cpu["predicted_allocated_bytes"] < cpu["peak_train_bytes"] + ws  # no cuBLAS on a CPU target
 
 
+def test_calibrate_holds_the_masks_the_reference_run_held(monkeypatch):
+    """The reference batch has no padding: transformers gives SDPA the position bias alone ([1, heads, L, L]) on
+    real tensors. A fake run must too, not a [batch, heads, L, L] mask per layer (about 1 GB at T5-base b100)."""
+    import torch.nn.functional as F
+
+    from benchmark.memory.calibrate import _reference_peak
+
+    shapes, sdpa = [], F.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None, **kw):
+        shapes.append((q.shape[2], k.shape[2], None if attn_mask is None else attn_mask.shape[0]))
+        return sdpa(q, k, v, attn_mask=attn_mask, **kw)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    _reference_peak("frozen", "cuda", "plain", batch_size=3, max_length=8, target_length=2)
+    assert shapes and all(batch == 1 for _, _, batch in shapes), shapes
+
+
 def test_calibrate_predicts_the_reference_model_at_other_shapes_and_refuses_bad_ones(capsys):
     """The seq2seq reference (T5-base, LoRA r=32) at a small shape: a longer target holds more; reserved is
     at least the allocated peak; a bad option is one line, exit 2."""

@@ -55,8 +55,10 @@ def _reference_peak(kind: str, target: str, order: str, batch_size: int = 100, m
         with tracker, workspaces:
             model.train(kind != "frozen")
             for _ in range(2 if kind == "frozen" else 4):
+                # no padding, so no attention mask: on real tensors transformers drops an all-ones mask and
+                # hands SDPA the position bias alone, [1, heads, L, L]; on fake ones it cannot see the ones and
+                # would build a [batch, heads, L, L] mask in every layer, which the reference run never held
                 batch = {"input_ids": torch.randint(0, config.vocab_size, (batch_size, max_length)),
-                         "attention_mask": torch.ones(batch_size, max_length, dtype=torch.long),
                          "labels": torch.randint(0, config.vocab_size, (batch_size, target_length))}
                 if kind == "frozen":
                     with torch.no_grad(), autocast():
