@@ -77,7 +77,7 @@ memory: setup ## peak training memory of every method (BACKBONE BATCH LEN TASK) 
 advise: setup ## methods that fit BUDGET at BACKBONE/BATCH/LEN (predicted), best accuracy on TASK first; each one's largest batch at LEN (LONGEST=1: and longest length at BATCH)
 	$(PY) -m benchmark advise budget=$(BUDGET) backbone=$(BACKBONE) batch_size=$(ADVISE_BATCH) max_length=$(LEN) task=$(TASK) $(if $(LONGEST),longest=1)
 
-memory-compare-cuda: setup ## on a CUDA GPU: predicted vs max_memory_allocated per method (BACKBONE BATCH LEN)
+memory-compare-cuda: setup ## on a CUDA GPU: predicted vs max_memory_allocated/reserved per method and the SDPA kernels run (BACKBONE BATCH LEN) -> results/memory_cuda.csv
 	$(PY) -m benchmark predict --compare-cuda task=$(TASK) backbone=$(BACKBONE) batch_size=$(BATCH) max_length=$(LEN) $(ARGS)
 
 $(VENV)/.quant: $(VENV)/.installed pyproject.toml

@@ -227,3 +227,21 @@ def test_calibrate_predicts_the_reference_model_at_other_shapes_and_refuses_bad_
     assert main(["--calibrate", "target_length=0"]) == 2
     err = capsys.readouterr().err
     assert err.count("error:") == 2 and "precision" in err and "target_length" in err
+
+
+def test_compare_cuda_writes_a_table_of_allocator_figures_and_the_kernels_the_real_run_ran(tmp_path):
+    """The comparison's rows, from a prediction and a real run (here a CPU one stands for the CUDA run): the
+    allocated ratio uses the allocator model (blocks plus cuBLAS's workspaces), not the tensors' peak, and the
+    real run's notes name the SDPA kernels ATen chose."""
+    from benchmark.memory.predict import COMPARE_COLUMNS, compare_rows
+
+    o = {**TINY, "backbone": "tiny-t5", "method": "lora"}
+    predicted, real = simulate({**o, "target": "cuda"}), simulate(o, fake=False)
+    assert "SDPA kernels: math x" in real["notes"] or "SDPA kernels: flash_attention x" in real["notes"]
+    assert "SDPA kernels" not in predicted["notes"]
+    real = {**real, "cuda_max_allocated": 2 * predicted["predicted_allocated_bytes"], "cuda_max_reserved": 10 ** 9}
+    (row,) = compare_rows(["lora"], {("lora", "predicted"): ("ok", predicted), ("lora", "measured"): ("ok", real)})
+    assert set(row) == set(COMPARE_COLUMNS) and row["allocated_ratio"] == 0.5
+    assert row["predicted_allocated_bytes"] > row["predicted_tensors_bytes"] and row["sdpa_kernels"].startswith(("math", "flash"))
+    (failed,) = compare_rows(["lora"], {("lora", "predicted"): ("ok", predicted), ("lora", "measured"): ("failed", "OOM")})
+    assert failed["allocated_ratio"] is None and failed["error"] == "measured: OOM"

@@ -199,3 +199,41 @@ def target_choices(target: str, fake: bool):
     with _cuda_kernels(), cuda_policy():  # the policy acts only inside torch.autocast (precision=bf16-mixed)
         yield
 
+
+class SdpaKernels:
+    """On a real run: which kernel ``scaled_dot_product_attention`` ran each time (ATen's own choice,
+    ``torch._fused_sdp_choice``), counted, so a run on a GPU says what a prediction had to assume."""
+
+    def __init__(self):
+        self.counts: dict[str, int] = {}
+
+    def mode(self):
+        import torch
+        import torch.nn.functional as F
+        from torch.nn.attention import SDPBackend
+        from torch.overrides import TorchFunctionMode
+
+        names = {int(v): k.lower() for k, v in SDPBackend.__members__.items()}
+        counts, sdpa = self.counts, F.scaled_dot_product_attention
+
+        class Count(TorchFunctionMode):
+            def __torch_function__(self, func, types, args=(), kwargs=None):
+                kwargs = kwargs or {}
+                if func is sdpa:
+                    q, k, v, *rest = args
+                    mask = rest[0] if rest else kwargs.get("attn_mask")
+                    dropout = rest[1] if len(rest) > 1 else kwargs.get("dropout_p", 0.0)
+                    causal = rest[2] if len(rest) > 2 else kwargs.get("is_causal", False)
+                    choice = torch._fused_sdp_choice(q, k, v, mask, dropout, causal, scale=kwargs.get("scale"),
+                                                     enable_gqa=kwargs.get("enable_gqa", False))
+                    name = names.get(int(choice), str(choice))
+                    counts[name] = counts.get(name, 0) + 1
+                return func(*args, **kwargs)
+
+        return Count()
+
+    def note(self) -> str | None:
+        if not self.counts:
+            return None
+        return "SDPA kernels: " + ", ".join(f"{k} x {n}" for k, n in sorted(self.counts.items()))
+

@@ -192,9 +192,45 @@ def predict_all(overrides: dict[str, str], methods: list[str] | None = None,
     return 1 if failed else 0
 
 
-def compare_cuda(overrides: dict[str, str], methods: list[str] | None = None) -> int:
+COMPARE_COLUMNS = ["row", "predicted_tensors_bytes", "predicted_allocated_bytes", "measured_max_allocated_bytes",
+                   "allocated_ratio", "predicted_reserved_bytes", "measured_max_reserved_bytes", "reserved_ratio",
+                   "measured_tracker_bytes", "sdpa_kernels", "backbone", "batch_size", "max_length", "precision",
+                   "steps", "device", "error"]
+
+
+def compare_rows(rows: list[str], results: dict) -> list[dict]:
+    """One row per method: its prediction beside its real CUDA run (``results``: (label, "predicted" |
+    "measured") -> ("ok", row) or ("failed", reason)). The allocated ratio compares the allocator model's
+    blocks plus cuBLAS's workspaces (what ``max_memory_allocated`` counts) with the measured figure; the real
+    run's notes name the SDPA kernels it ran."""
+    out = []
+    for label in rows:
+        (ps, pv), (ms, mv) = results[(label, "predicted")], results[(label, "measured")]
+        p = pv if ps == "ok" else {}
+        m = mv if ms == "ok" else {}
+        alloc, meas = p.get("predicted_allocated_bytes"), m.get("cuda_max_allocated")
+        pres, mres = p.get("predicted_reserved_bytes"), m.get("cuda_max_reserved")
+        kernels = next((n.split(": ", 1)[1] for n in str(m.get("notes") or "").split("; ")
+                        if n.startswith("SDPA kernels: ")), "")
+        first = p or m
+        out.append({"row": label, "predicted_tensors_bytes": p.get("peak_train_bytes"), "predicted_allocated_bytes": alloc,
+                    "measured_max_allocated_bytes": meas, "allocated_ratio": round(alloc / meas, 4) if alloc and meas else None,
+                    "predicted_reserved_bytes": pres, "measured_max_reserved_bytes": mres,
+                    "reserved_ratio": round(pres / mres, 4) if pres and mres else None,
+                    "measured_tracker_bytes": m.get("peak_train_bytes"), "sdpa_kernels": kernels,
+                    "backbone": first.get("backbone"), "batch_size": first.get("batch_size"),
+                    "max_length": first.get("max_length"), "precision": first.get("precision"),
+                    "steps": first.get("steps"), "device": m.get("device"),
+                    "error": "; ".join(f"{kind}: {v}" for kind, (s, v) in
+                                       ((k, results[(label, k)]) for k in ("predicted", "measured")) if s != "ok")})
+    return out
+
+
+def compare_cuda(overrides: dict[str, str], methods: list[str] | None = None,
+                 out: str = "results/memory_cuda.csv") -> int:
     """Each row predicted (fake, target=cuda) and run for real on CUDA from the same random-init
-    backbone config, ``max_memory_allocated`` after the model was moved; one process per run."""
+    backbone config, ``max_memory_allocated`` after the model was moved; one process per run. The table is
+    printed and written to ``out`` (CSV, integer bytes)."""
     import torch
 
     if not torch.cuda.is_available():
@@ -209,32 +245,27 @@ def compare_cuda(overrides: dict[str, str], methods: list[str] | None = None) ->
         o = row_overrides(overrides, label, method)
         jobs_list += [((label, "predicted"), o, None), ((label, "measured"), o, "cuda")]
     results = run_rows(jobs_list, jobs=1, progress=lambda s: print(s, file=sys.stderr, flush=True))
-    head = ["row", "predicted GiB", "measured GiB (max allocated)", "predicted / measured",
-            "predicted reserved GiB", "measured max reserved GiB", "predicted / measured (reserved)",
-            "tracker on cuda GiB"]
+    table = compare_rows([label for label, _, _ in rows], results)
+    gib = lambda b: f"{b / 2**30:.3f}" if b else ""  # noqa: E731
+    head = ["row", "predicted allocated GiB", "measured max allocated GiB", "ratio", "predicted reserved GiB",
+            "measured max reserved GiB", "ratio", "tracker on cuda GiB", "SDPA kernels"]
     lines = [" | ".join(head), " | ".join("---" for _ in head)]
-    bad = 0
-    for label, _, _ in rows:
-        (ps, pv), (ms, mv) = results[(label, "predicted")], results[(label, "measured")]
-        pred = pv["peak_train_bytes"] if ps == "ok" else None
-        meas = mv["cuda_max_allocated"] if ms == "ok" else None
-        bad += pred is None or meas is None
-        pres = pv["predicted_reserved_bytes"] if ps == "ok" else None
-        mres = mv["cuda_max_reserved"] if ms == "ok" else None
-        cells = [label, f"{pred / 2**30:.3f}" if pred else f"failed: {pv}",
-                 f"{meas / 2**30:.3f}" if meas else f"failed: {mv}",
-                 f"{pred / meas:.3f}" if pred and meas else "",
-                 f"{pres / 2**30:.3f}" if pres else "", f"{mres / 2**30:.3f}" if mres else "",
-                 f"{pres / mres:.3f}" if pres and mres else "",
-                 f"{mv['peak_train_bytes'] / 2**30:.3f}" if ms == "ok" else ""]
-        lines.append(" | ".join(cells))
+    for r in table:
+        lines.append(" | ".join([r["row"], gib(r["predicted_allocated_bytes"]), gib(r["measured_max_allocated_bytes"]),
+                                 str(r["allocated_ratio"] or ""), gib(r["predicted_reserved_bytes"]),
+                                 gib(r["measured_max_reserved_bytes"]), str(r["reserved_ratio"] or ""),
+                                 gib(r["measured_tracker_bytes"]), r["sdpa_kernels"] or r["error"]]))
     print("\n".join(lines))
-    first = next((v for s, v in results.values() if s == "ok"), None)
+    import pandas as pd
+
+    from benchmark.results import atomic_write_text
+
+    atomic_write_text(Path(out), pd.DataFrame(table, columns=COMPARE_COLUMNS).to_csv(index=False, lineterminator="\n"))
+    first = next((r for r in table if r["device"]), None)
     if first:
-        device = next((v["device"] for (k, kind), (s, v) in results.items() if kind == "measured" and s == "ok"), "?")
         print(f"\n{first['backbone']}, batch {first['batch_size']}, length {first['max_length']}, {first['precision']}, "
-              f"{first['steps']} steps; measured on {device}; GiB = 1024^3 bytes")
-    return 1 if bad else 0
+              f"{first['steps']} steps; measured on {first['device']}; GiB = 1024^3 bytes; written: {out}")
+    return 1 if any(r["error"] for r in table) else 0
 
 
 @entry_point(ValueError)
@@ -268,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     opts = {k: overrides.pop(k) for k in CLI_KEYS if k in overrides}
     methods = opts.get("methods", "").replace(",", " ").split() or None
     if args.compare_cuda:
-        return compare_cuda(overrides, methods)
+        return compare_cuda(overrides, methods, out=opts.get("out", "results/memory_cuda.csv"))
     if args.calibrate:
         from benchmark.memory.calibrate import calibrate
 

@@ -18,7 +18,7 @@ from contextlib import ExitStack, nullcontext
 
 from benchmark.errors import UserError
 from benchmark.memory.architecture import backbone_config, build_backbone
-from benchmark.memory.fake import data_dependent_policy, swappable_params, target_choices
+from benchmark.memory.fake import SdpaKernels, data_dependent_policy, swappable_params, target_choices
 from benchmark.memory.caching import CUDA_CONTEXT_BYTES, CachingAllocatorModel, cublas_workspaces
 
 DEFAULTS = {"backbone": "t5-base", "batch_size": "100", "max_length": "128",
@@ -146,7 +146,8 @@ def simulate(overrides: dict[str, str], fake: bool = True, device: str = "cpu") 
             if r.precision == "bf16-mixed" else nullcontext
         # cuBLAS's workspaces count in max_memory_allocated too (caching.py); the tracker sees tensors only
         workspaces = cublas_workspaces(caching) if fake and target == "cuda" else nullcontext()
-        with tracker, workspaces:
+        kernels = SdpaKernels()  # a real run says which attention kernels it ran; a fake one follows target_choices
+        with tracker, workspaces, kernels.mode() if not fake else nullcontext():
             module.train()
             for step in range(steps):
                 batch = _batch(config, p.task, r.batch_size, r.max_length, device, r.seed + step)
@@ -168,6 +169,8 @@ def simulate(overrides: dict[str, str], fake: bool = True, device: str = "cpu") 
         counts = parameter_counts(module, method)
     if policy is not None:
         notes.extend(sorted(policy.notes))
+    if kernels.note():
+        notes.append(kernels.note())
     bd = tracker.peak_breakdown
     return {"method": r.method, "variant": p.method_cls.row_label(r.method, r.variant), "peak_train_bytes": tracker.peak_bytes, **bd,
             "trainable_params": counts["trainable_params"], "total_params": counts["total_params"],
