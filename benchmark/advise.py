@@ -138,8 +138,10 @@ def largest_batches(limit: int, backbone: str, batch: int, length: int, precisio
 
         start = batch if knob == "batch_size" else length
         seen = {name: {start: known[name]} for name in question if known and known.get(name) is not None}
-        out = run_rows(todo, jobs=2, largest_under=limit, knob=knob, knob_max=maximum, known=seen, progress=lambda s: print(
-            s.replace("predicting", f"{what} of"), file=sys.stderr, flush=True))
+        def progress(line: str) -> None:
+            print(line.replace("predicting", f"{what} of"), file=sys.stderr, flush=True)
+
+        out = run_rows(todo, jobs=2, largest_under=limit, knob=knob, knob_max=maximum, known=seen, progress=progress)
         for name, (status, value) in out.items():
             if status == "ok":
                 answers[name] = value

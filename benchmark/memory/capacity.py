@@ -160,7 +160,8 @@ def largest_batch_row(overrides: dict[str, str], budget: int, simulate, cache: P
 
     def peak_at(b: int) -> int:
         if known and b in known:
-            rows[b] = {"method": overrides.get("method"), "variant": overrides.get("variant"), "nvidia_smi_bytes": known[b]}
+            rows[b] = {"method": overrides.get("method"), "variant": overrides.get("variant"),
+                       "nvidia_smi_bytes": known[b]}
             return known[b]
         rows[b] = cache.get({**overrides, knob: str(b)}, simulate)
         return int(rows[b].get("nvidia_smi_bytes") or rows[b]["peak_train_bytes"])  # what nvidia-smi would show

@@ -116,7 +116,8 @@ def run_rows(jobs_list: list[tuple[object, dict[str, str], str | None]], jobs: i
         argv = [sys.executable, "-m", "benchmark.memory.predict", "--one", *(["--device", real] if real else []),
                 *(["--largest-under", str(largest_under), "--knob", knob] if largest_under is not None else []),
                 *(["--knob-max", str(knob_max)] if knob_max else []),
-                *([f"--known={','.join(f'{b}:{v}' for b, v in known[key].items())}"] if known and known.get(key) else []),
+                *([f"--known={','.join(f'{b}:{v}' for b, v in known[key].items())}"]
+                  if known and known.get(key) else []),
                 *(["--cached"] if cached else []),
                 *(f"{k}={v}" for k, v in overrides.items())]
         todo.append(runner.Job(str(key), argv, data=(key, real)))
@@ -213,8 +214,9 @@ def compare_rows(rows: list[str], results: dict) -> list[dict]:
         kernels = next((n.split(": ", 1)[1] for n in str(m.get("notes") or "").split("; ")
                         if n.startswith("SDPA kernels: ")), "")
         first = p or m
-        out.append({"row": label, "predicted_tensors_bytes": p.get("peak_train_bytes"), "predicted_allocated_bytes": alloc,
-                    "measured_max_allocated_bytes": meas, "allocated_ratio": round(alloc / meas, 4) if alloc and meas else None,
+        out.append({"row": label, "predicted_tensors_bytes": p.get("peak_train_bytes"),
+                    "predicted_allocated_bytes": alloc, "measured_max_allocated_bytes": meas,
+                    "allocated_ratio": round(alloc / meas, 4) if alloc and meas else None,
                     "predicted_reserved_bytes": pres, "measured_max_reserved_bytes": mres,
                     "reserved_ratio": round(pres / mres, 4) if pres and mres else None,
                     "measured_tracker_bytes": m.get("peak_train_bytes"), "sdpa_kernels": kernels,
