@@ -13,7 +13,7 @@ semantics" notes), default settings (no ``expandable_segments``, no ``max_split_
   the rest is worth keeping (at least 512 bytes in the small pool, more than 1 MiB in the large one);
 - a freed block merges with free neighbours of its segment.
 
-cuBLAS's workspace is modelled too (``CublasWorkspaces``): PyTorch gives each (cuBLAS handle, stream) one
+cuBLAS's workspace is modelled too (``cublas_workspaces``): PyTorch gives each (cuBLAS handle, stream) one
 workspace from the caching allocator, the first time a thread runs a cuBLAS op, and keeps it (it counts in
 ``max_memory_allocated``); handles are per thread, so a training step holds two: the calling thread's
 (forward, optimizer) and the autograd engine's device thread's (backward). Its size is PyTorch's default for

@@ -5,8 +5,8 @@ Peak training memory grows with the batch (weights, gradients and optimizer stat
 it), so "the largest batch that fits" is a search over a monotone function that costs one fake-tensor
 simulation per probe. Two probes give a straight-line estimate of where the budget is crossed (activations
 are very nearly linear in the batch); between the largest value known to fit and the smallest known not to,
-the line through the two (checked with its neighbour), or bisection where a line step did not halve the
-bracket, then settles it exactly, usually in two or three more probes. The same search answers the longest
+secant steps through the latest two probes (checked with the neighbour near the end), or bisection where a
+step did not halve the bracket, then settle it exactly, usually in two or three more probes. The same search answers the longest
 input at a batch, where the peak curves (attention scores grow with the square of the length).
 """
 from __future__ import annotations
@@ -74,8 +74,8 @@ def largest_batch(peak_at: Callable[[int], int], budget: int, first: int = 8,
         width = hi - lo
         if halve:
             see((lo + hi) // 2)
-        else:  # the secant through the two probes nearest the budget (a peak that curves, as attention's does
-            # over the length, is met in a few of these); near the answer, the neighbour on the other side
+        else:  # the secant through the two latest probes (a peak that curves, as attention's does over the
+            # length, is met in a few of these); near the answer, the neighbour on the other side
             (xa, ya), (xb, yb) = list(probes.items())[-2:]
             est = xa + (budget - ya) * (xb - xa) / (yb - ya) if yb != ya else (lo + hi) / 2
             est = min(hi - 1, max(lo + 1, int(est)))

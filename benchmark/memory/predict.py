@@ -203,7 +203,7 @@ def compare_rows(rows: list[str], results: dict) -> list[dict]:
     """One row per method: its prediction beside its real CUDA run (``results``: (label, "predicted" |
     "measured") -> ("ok", row) or ("failed", reason)). The allocated ratio compares the allocator model's
     blocks plus cuBLAS's workspaces (what ``max_memory_allocated`` counts) with the measured figure; the real
-    run's notes name the SDPA kernels it ran."""
+    run names the SDPA kernels it ran."""
     out = []
     for label in rows:
         (ps, pv), (ms, mv) = results[(label, "predicted")], results[(label, "measured")]
@@ -211,20 +211,18 @@ def compare_rows(rows: list[str], results: dict) -> list[dict]:
         m = mv if ms == "ok" else {}
         alloc, meas = p.get("predicted_allocated_bytes"), m.get("cuda_max_allocated")
         pres, mres = p.get("predicted_reserved_bytes"), m.get("cuda_max_reserved")
-        kernels = next((n.split(": ", 1)[1] for n in str(m.get("notes") or "").split("; ")
-                        if n.startswith("SDPA kernels: ")), "")
         first = p or m
         out.append({"row": label, "predicted_tensors_bytes": p.get("peak_train_bytes"),
                     "predicted_allocated_bytes": alloc, "measured_max_allocated_bytes": meas,
                     "allocated_ratio": round(alloc / meas, 4) if alloc and meas else None,
                     "predicted_reserved_bytes": pres, "measured_max_reserved_bytes": mres,
                     "reserved_ratio": round(pres / mres, 4) if pres and mres else None,
-                    "measured_tracker_bytes": m.get("peak_train_bytes"), "sdpa_kernels": kernels,
+                    "measured_tracker_bytes": m.get("peak_train_bytes"), "sdpa_kernels": m.get("sdpa_kernels", ""),
                     "backbone": first.get("backbone"), "batch_size": first.get("batch_size"),
                     "max_length": first.get("max_length"), "precision": first.get("precision"),
                     "steps": first.get("steps"), "device": m.get("device"),
-                    "error": "; ".join(f"{kind}: {v}" for kind, (s, v) in
-                                       ((k, results[(label, k)]) for k in ("predicted", "measured")) if s != "ok")})
+                    "error": "; ".join(f"{kind}: {v}" for kind, s, v in (("predicted", ps, pv), ("measured", ms, mv))
+                                       if s != "ok")})
     return out
 
 

@@ -169,8 +169,8 @@ def simulate(overrides: dict[str, str], fake: bool = True, device: str = "cpu") 
         counts = parameter_counts(module, method)
     if policy is not None:
         notes.extend(sorted(policy.notes))
-    if kernels.note():
-        notes.append(kernels.note())
+    if kernels.summary():
+        notes.append(f"SDPA kernels: {kernels.summary()}")
     bd = tracker.peak_breakdown
     return {"method": r.method, "variant": p.method_cls.row_label(r.method, r.variant), "peak_train_bytes": tracker.peak_bytes, **bd,
             "trainable_params": counts["trainable_params"], "total_params": counts["total_params"],
@@ -185,6 +185,6 @@ def simulate(overrides: dict[str, str], fake: bool = True, device: str = "cpu") 
             "backbone": f"{label}:seq2seq" if r.head == "seq2seq" else label,
             "device": "fake cpu" if fake else device_name(device), "task": r.task,
             "source": "predicted" if fake else "measured", "target": target if fake else torch.device(device).type,
-            "steps": steps, "notes": "; ".join(notes), "error": None,
+            "steps": steps, "notes": "; ".join(notes), "sdpa_kernels": kernels.summary(), "error": None,
             "sim_seconds": round(time.perf_counter() - t0, 2)}
 
