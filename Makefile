@@ -28,7 +28,7 @@ ADVISE_BATCH = $(if $(filter command line environment environment override overr
 
 RUN_ARGS = method=$(METHOD) task=$(TASK) backbone=$(BACKBONE) $(if $(DATA_DIR),data_dir=$(DATA_DIR)) $(if $(FRESH),fresh=true) $(ARGS)
 
-.PHONY: help setup bench test tune paper leaderboard figures browser list memory memory-compare-cuda advise quant-report clean
+.PHONY: help setup bench test tune paper leaderboard budgets figures browser list memory memory-compare-cuda advise quant-report clean
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -61,6 +61,9 @@ paper: setup ## every run the paper tables need (offline tasks, 3 seeds, paper b
 
 leaderboard: setup ## tables from results/runs: results/leaderboard.{md,csv,tex}, ablations, index.html
 	$(PY) -m benchmark leaderboard
+
+budgets: setup ## how each method's rank and score move between two budgets (BEFORE=1ep AFTER=tuned; TASKS=a,b), seed spread and Welch p
+	$(PY) -m benchmark budgets $(if $(BEFORE),--before $(BEFORE)) $(if $(AFTER),--after $(AFTER)) $(if $(TASKS),--tasks $(TASKS))
 
 figures: setup ## figures from results/ (no training) -> results/figures/*.png, and results/index.html
 	$(PY) -m benchmark figures

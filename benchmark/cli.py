@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "paper": ("benchmark.paper:main", "every run the paper tables need, then the tables and figures"),
     "figures": ("benchmark.publish:figures_main", "figures from results/ (no training)"),
     "leaderboard": ("benchmark.cli:leaderboard_command", "tables from results/runs/**.json"),
+    "budgets": ("benchmark.publish.budgets:main", "how the ranking changes between two budgets (1ep -> tuned)"),
 }
 
 

@@ -1,0 +1,183 @@
+"""Does the ranking change between two budgets? ``python -m benchmark budgets``.
+
+The question issue 19 asks of the tuned until-plateau budget: next to the 1-epoch paper-lr one, which
+methods moved, by how much, and is the move outside the seed spread? Two tests of "outside", both printed:
+the seeds' ranges do not overlap (every seed of one budget beats every seed of the other), and Welch's t-test
+(unequal variances; scipy) over the seeds. With three seeds a budget neither is strong evidence, so the
+table shows both and the numbers they come from rather than a verdict alone.
+
+It reads what the leaderboard averages (``current_records``: valid ok runs, newest method version, the latest
+run of each seed) and the time the runs and their searches took: each run's ``total_seconds`` (a resumed run
+includes its earlier segments) and the ``seconds`` of every trial of the searches the runs' hyperparameters
+came from (``hyperparameters.file``).
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from benchmark.errors import UserError
+from benchmark.publish.leaderboard import current_records
+from benchmark.results import budget_label, method_label
+
+
+@dataclass
+class Comparison:
+    """One (task, backbone, device): a row per method run under both budgets."""
+
+    task: str
+    backbone: str
+    device: str
+    before: str  # the two budget labels
+    after: str
+    table: pd.DataFrame
+    run_seconds: float = 0.0  # the after budget's runs, summed
+    runs: int = 0
+    search_seconds: float = 0.0  # the trials of the searches the after budget's runs read
+    searches: int = 0
+    trials: int = 0
+    only: dict[str, list[str]] = field(default_factory=dict)  # budget -> methods run under it alone
+
+
+def _welch_p(a: list[float], b: list[float]) -> float:
+    """Two-sided p of Welch's t-test; nan with fewer than 2 seeds on a side or no spread at all."""
+    if len(a) < 2 or len(b) < 2 or (pd.Series(a).std() == 0 and pd.Series(b).std() == 0):
+        return float("nan")
+    import warnings
+
+    from scipy.stats import ttest_ind
+
+    with warnings.catch_warnings():  # one side's seeds all equal (MP-ISMoE's 376/512 three times) is data, not a fault
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(ttest_ind(a, b, equal_var=False).pvalue)
+
+
+def _ranked(scores: dict[str, list[float]], higher_is_better: bool) -> dict[str, int]:
+    means = {m: sum(v) / len(v) for m, v in scores.items()}
+    order = sorted(means, key=lambda m: (-means[m] if higher_is_better else means[m], m))
+    return {m: i + 1 for i, m in enumerate(order)}
+
+
+def _pick(budgets: list[str], prefix: str, where: str) -> str | None:
+    hits = sorted(b for b in budgets if b.startswith(prefix))
+    if len(hits) > 1:
+        raise UserError(f"budget prefix {prefix!r} matches {len(hits)} budgets of {where} ({', '.join(hits)}); "
+                        f"give a longer prefix (--before / --after)")
+    return hits[0] if hits else None
+
+
+def compare(records: list[dict], before: str, after: str, tasks: list[str] | None = None) -> list[Comparison]:
+    """A Comparison for every (task, backbone, device) that has runs under one budget starting with ``before``
+    and one starting with ``after``; ``tasks`` (names) limits the tasks."""
+    runs = []
+    for r in current_records(records):
+        run = r["run"]
+        if tasks and run["task"] not in tasks:
+            continue
+        runs.append({"task": run["task"], "backbone": run["backbone"], "device": r["efficiency"]["device"],
+                     "budget": budget_label(run), "method": method_label(run), "seed": run["seed"],
+                     "score": float(r["metrics"]["test"]["score"]),
+                     "higher": bool(r["metrics"]["higher_is_better"]), "record": r})
+    if not runs:
+        return []
+    frame = pd.DataFrame(runs)
+    out = []
+    for (task, backbone, device), g in frame.groupby(["task", "backbone", "device"], sort=True):
+        where = f"{task} ({backbone}, {device})"
+        b0, b1 = _pick(list(g["budget"].unique()), before, where), _pick(list(g["budget"].unique()), after, where)
+        if b0 is None or b1 is None or b0 == b1:
+            continue
+        higher = bool(g["higher"].iloc[0])
+        by = {b: {m: sorted(zip(s["seed"], s["score"])) for m, s in g[g["budget"] == b].groupby("method")}
+              for b in (b0, b1)}
+        both = sorted(set(by[b0]) & set(by[b1]))
+        if not both:
+            continue
+        scores = {b: {m: [v for _, v in by[b][m]] for m in both} for b in (b0, b1)}
+        rank = {b: _ranked(scores[b], higher) for b in (b0, b1)}
+        rows = []
+        for m in both:
+            a, c = scores[b0][m], scores[b1][m]
+            ma, mc = sum(a) / len(a), sum(c) / len(c)
+            better = (min(c) > max(a)) if higher else (max(c) < min(a))
+            worse = (max(c) < min(a)) if higher else (min(c) > max(a))
+            rows.append({"method": m, "before_rank": rank[b0][m], "before_mean": ma,
+                         "before_std": pd.Series(a).std(), "before_n": len(a), "before_min": min(a),
+                         "before_max": max(a), "after_rank": rank[b1][m], "after_mean": mc,
+                         "after_std": pd.Series(c).std(), "after_n": len(c), "after_min": min(c),
+                         "after_max": max(c), "change": mc - ma, "rank_change": rank[b0][m] - rank[b1][m],
+                         "ranges_apart": "better" if better else ("worse" if worse else "overlap"),
+                         "welch_p": _welch_p(a, c)})
+        table = pd.DataFrame(rows).sort_values(["after_rank", "method"]).reset_index(drop=True)
+        comp = Comparison(task, backbone, device, b0, b1, table,
+                          only={b: sorted(set(by[b]) - set(both)) for b in (b0, b1) if set(by[b]) - set(both)})
+        after_runs = g[g["budget"] == b1]["record"]
+        comp.runs = len(after_runs)
+        comp.run_seconds = float(sum(r["efficiency"].get("total_seconds") or 0.0 for r in after_runs))
+        searched = sorted({(r["run"].get("hyperparameters") or {}).get("file") or "" for r in after_runs} - {""})
+        for name in searched:
+            path = Path(name)
+            if not path.is_file():
+                continue
+            trials = json.loads(path.read_text()).get("trials", [])
+            comp.searches += 1
+            comp.trials += len(trials)
+            comp.search_seconds += float(sum(t.get("seconds") or 0.0 for t in trials))
+        out.append(comp)
+    return out
+
+
+def _pct(x: float) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}"
+
+
+def to_markdown(comp: Comparison) -> str:
+    """The comparison as a Markdown table with its cost underneath (scores in %, std over seeds)."""
+    lines = [f"### {comp.task} ({comp.backbone}, {comp.device}): {comp.before} -> {comp.after}", "",
+             "| method | before: rank, mean ± std (n) | after: rank, mean ± std (n) | change | ranks moved "
+             "| seed ranges | Welch p |", "| --- | --- | --- | ---: | ---: | --- | ---: |"]
+    for r in comp.table.itertuples():
+        p = "-" if math.isnan(r.welch_p) else f"{r.welch_p:.3f}"
+        lines.append(
+            f"| {r.method} | #{r.before_rank} {_pct(r.before_mean)} ± {_pct(r.before_std)} ({r.before_n}) "
+            f"| #{r.after_rank} {_pct(r.after_mean)} ± {_pct(r.after_std)} ({r.after_n}) "
+            f"| {100 * r.change:+.2f} | {r.rank_change:+d} "
+            f"| [{_pct(r.before_min)}, {_pct(r.before_max)}] -> [{_pct(r.after_min)}, {_pct(r.after_max)}] "
+            f"{r.ranges_apart} | {p} |")
+    lines.append("")
+    for budget, methods in comp.only.items():
+        lines.append(f"Run under {budget} only: {', '.join(methods)}.")
+    lines.append(f"Time of the {comp.after} runs: {comp.runs} runs, {comp.run_seconds / 3600:.2f} h "
+                 f"(their total_seconds); the searches they read: {comp.searches} searches, {comp.trials} trials, "
+                 f"{comp.search_seconds / 3600:.2f} h; together {(comp.run_seconds + comp.search_seconds) / 3600:.2f} h.")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m benchmark budgets [--before 1ep] [--after tuned] [--tasks a,b] [--results-dir results]``."""
+    import argparse
+
+    from benchmark.cli import COMMANDS, quiet
+    from benchmark.results import load_results
+
+    p = argparse.ArgumentParser(prog="python -m benchmark budgets", description=COMMANDS["budgets"][1])
+    p.add_argument("--before", default="1ep", help="budget label prefix of the first budget (default 1ep)")
+    p.add_argument("--after", default="tuned", help="budget label prefix of the second (default tuned)")
+    p.add_argument("--tasks", default="", help="comma-separated task names (default: every task with both)")
+    p.add_argument("--results-dir", default="results")
+    args = p.parse_args(argv)
+    quiet()
+    if not (Path(args.results_dir) / "runs").is_dir():
+        raise UserError(f"no results in {args.results_dir}/runs: run `make bench` or `make paper` first")
+    tasks = [t for t in args.tasks.split(",") if t] or None
+    records, _ = load_results(args.results_dir)
+    comps = compare(records, args.before, args.after, tasks)
+    if not comps:
+        raise UserError(f"no task has runs under a budget starting with {args.before!r} and one starting with "
+                        f"{args.after!r}; the budgets are the leaderboard's budget column")
+    print("\n".join(to_markdown(c) for c in comps), end="")
+    return 0

@@ -1,0 +1,73 @@
+"""``python -m benchmark budgets``: the ranking under one budget next to another, and whether each move is
+outside the seed spread."""
+import json
+
+import pytest
+
+from benchmark.cli import main as cli
+from benchmark.publish.budgets import compare, to_markdown
+from test_leaderboard import write
+from test_results import make_record
+
+BEFORE = {"a": [0.50, 0.52, 0.51], "b": [0.60, 0.62, 0.61], "c": [0.55, 0.58, 0.56]}
+AFTER = {"a": [0.80, 0.81, 0.82], "b": [0.59, 0.63, 0.60], "c": [0.57, 0.55, 0.58]}
+
+
+def records(tmp_path, search_seconds=(100.0, 50.0)):
+    """Three methods under the 1-epoch budget and under a tuned until-plateau one, three seeds each."""
+    tuning = tmp_path / "tuning.json"
+    tuning.write_text(json.dumps({"trials": [{"number": i, "seconds": s} for i, s in enumerate(search_seconds)]}))
+    out = []
+    for method in BEFORE:
+        for seed in range(3):
+            out.append(make_record(method=method, seed=seed, score=BEFORE[method][seed]))
+            rec = make_record(method=method, seed=seed, score=AFTER[method][seed])
+            rec["run"]["config"]["run"].update(hparams="tuned", patience=3, epochs=12)
+            rec["run"]["hyperparameters"] = {"source": "tuned", "file": str(tuning) if method == "a" else ""}
+            rec["efficiency"]["total_seconds"] = 3600.0
+            out.append(rec)
+    return out
+
+
+def test_ranks_changes_and_the_seed_spread(tmp_path):
+    [comp] = compare(records(tmp_path), "1ep", "tuned")
+    assert (comp.before, comp.after) == ("1ep-b32-len64", "tuned-plateau3-max12ep-b32-len64")
+    t = comp.table.set_index("method")
+    assert t["before_rank"].to_dict() == {"a": 3, "b": 1, "c": 2}
+    assert t["after_rank"].to_dict() == {"a": 1, "b": 2, "c": 3}
+    assert t.at["a", "rank_change"] == 2 and t.at["b", "rank_change"] == -1
+    assert t.at["a", "change"] == pytest.approx(0.30)
+    # a's seeds all beat every 1-epoch seed; b's and c's ranges overlap
+    assert t["ranges_apart"].to_dict() == {"a": "better", "b": "overlap", "c": "overlap"}
+    assert t.at["a", "welch_p"] < 0.001 < 0.5 < t.at["b", "welch_p"]
+    # 9 tuned runs of an hour each; the one search file read once, its trials' seconds summed
+    assert comp.runs == 9 and comp.run_seconds == 9 * 3600
+    assert (comp.searches, comp.trials, comp.search_seconds) == (1, 2, 150.0)
+    text = to_markdown(comp)
+    assert "| a | #3 51.00 ± 1.00 (3) | #1 81.00 ± 1.00 (3) | +30.00 | +2 |" in text
+    assert "together 9.04 h" in text
+
+
+def test_lower_is_better_tasks_rank_the_other_way(tmp_path):
+    recs = records(tmp_path)
+    for r in recs:
+        r["metrics"]["higher_is_better"] = False
+    t = compare(recs, "1ep", "tuned")[0].table.set_index("method")
+    assert t["after_rank"].to_dict() == {"a": 3, "b": 2, "c": 1}
+    assert t.at["a", "ranges_apart"] == "worse"
+
+
+def test_cli_prints_the_table_and_names_a_prefix_that_matches_two_budgets(tmp_path, capsys):
+    for i, rec in enumerate(records(tmp_path)):
+        write(tmp_path, rec)
+    assert cli(["budgets", "--results-dir", str(tmp_path)]) == 0
+    assert "1ep-b32-len64 -> tuned-plateau3-max12ep-b32-len64" in capsys.readouterr().out
+    other = make_record(method="a", seed=0, score=0.4)
+    other["run"]["config"]["run"].update(max_length=128)
+    write(tmp_path, other)
+    assert cli(["budgets", "--results-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'1ep' matches 2 budgets" in err and "1ep-b32-len128" in err
+    assert cli(["budgets", "--results-dir", str(tmp_path), "--before", "1ep-b32-len64"]) == 0
+    assert cli(["budgets", "--results-dir", str(tmp_path / "none")]) == 2
+    assert "no results in" in capsys.readouterr().err
