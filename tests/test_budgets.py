@@ -57,17 +57,21 @@ def test_lower_is_better_tasks_rank_the_other_way(tmp_path):
     assert t.at["a", "ranges_apart"] == "worse"
 
 
-def test_cli_prints_the_table_and_names_a_prefix_that_matches_two_budgets(tmp_path, capsys):
-    for i, rec in enumerate(records(tmp_path)):
+def test_cli_compares_every_pair_of_matching_budgets_and_says_when_there_are_none(tmp_path, capsys):
+    for rec in records(tmp_path):
         write(tmp_path, rec)
     assert cli(["budgets", "--results-dir", str(tmp_path)]) == 0
     assert "1ep-b32-len64 -> tuned-plateau3-max12ep-b32-len64" in capsys.readouterr().out
-    other = make_record(method="a", seed=0, score=0.4)
-    other["run"]["config"]["run"].update(max_length=128)
-    write(tmp_path, other)
-    assert cli(["budgets", "--results-dir", str(tmp_path)]) == 2
+    capped = make_record(method="a", seed=0, score=0.9)  # a second tuned budget: the 12-epoch cap
+    capped["run"]["config"]["run"].update(hparams="tuned", epochs=12)
+    write(tmp_path, capped)
+    assert cli(["budgets", "--results-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "1ep-b32-len64 -> tuned-12ep-b32-len64" in out and "-> tuned-plateau3-max12ep-b32-len64" in out
+    assert cli(["budgets", "--results-dir", str(tmp_path), "--after", "tuned-12ep"]) == 0
+    assert out.count("### ") == 2 and capsys.readouterr().out.count("### ") == 1
+    assert cli(["budgets", "--results-dir", str(tmp_path), "--after", "200steps"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "'1ep' matches 2 budgets" in err and "1ep-b32-len128" in err
-    assert cli(["budgets", "--results-dir", str(tmp_path), "--before", "1ep-b32-len64"]) == 0
+    assert err.count("\n") == 1 and "no task has runs under a budget starting with '1ep'" in err
     assert cli(["budgets", "--results-dir", str(tmp_path / "none")]) == 2
     assert "no results in" in capsys.readouterr().err

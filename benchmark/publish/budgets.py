@@ -62,17 +62,13 @@ def _ranked(scores: dict[str, list[float]], higher_is_better: bool) -> dict[str,
     return {m: i + 1 for i, m in enumerate(order)}
 
 
-def _pick(budgets: list[str], prefix: str, where: str) -> str | None:
-    hits = sorted(b for b in budgets if b.startswith(prefix))
-    if len(hits) > 1:
-        raise UserError(f"budget prefix {prefix!r} matches {len(hits)} budgets of {where} ({', '.join(hits)}); "
-                        f"give a longer prefix (--before / --after)")
-    return hits[0] if hits else None
+def _matching(budgets, prefix: str) -> list[str]:
+    return sorted(b for b in budgets if b.startswith(prefix))
 
 
 def compare(records: list[dict], before: str, after: str, tasks: list[str] | None = None) -> list[Comparison]:
-    """A Comparison for every (task, backbone, device) that has runs under one budget starting with ``before``
-    and one starting with ``after``; ``tasks`` (names) limits the tasks."""
+    """A Comparison for every (task, backbone, device) and every pair of its budgets, one starting with
+    ``before`` and the other with ``after``; ``tasks`` (names) limits the tasks."""
     runs = []
     for r in current_records(records):
         run = r["run"]
@@ -87,48 +83,53 @@ def compare(records: list[dict], before: str, after: str, tasks: list[str] | Non
     frame = pd.DataFrame(runs)
     out = []
     for (task, backbone, device), g in frame.groupby(["task", "backbone", "device"], sort=True):
-        where = f"{task} ({backbone}, {device})"
-        b0, b1 = _pick(list(g["budget"].unique()), before, where), _pick(list(g["budget"].unique()), after, where)
-        if b0 is None or b1 is None or b0 == b1:
-            continue
-        higher = bool(g["higher"].iloc[0])
-        by = {b: {m: sorted(zip(s["seed"], s["score"])) for m, s in g[g["budget"] == b].groupby("method")}
-              for b in (b0, b1)}
-        both = sorted(set(by[b0]) & set(by[b1]))
-        if not both:
-            continue
-        scores = {b: {m: [v for _, v in by[b][m]] for m in both} for b in (b0, b1)}
-        rank = {b: _ranked(scores[b], higher) for b in (b0, b1)}
-        rows = []
-        for m in both:
-            a, c = scores[b0][m], scores[b1][m]
-            ma, mc = sum(a) / len(a), sum(c) / len(c)
-            better = (min(c) > max(a)) if higher else (max(c) < min(a))
-            worse = (max(c) < min(a)) if higher else (min(c) > max(a))
-            rows.append({"method": m, "before_rank": rank[b0][m], "before_mean": ma,
-                         "before_std": pd.Series(a).std(), "before_n": len(a), "before_min": min(a),
-                         "before_max": max(a), "after_rank": rank[b1][m], "after_mean": mc,
-                         "after_std": pd.Series(c).std(), "after_n": len(c), "after_min": min(c),
-                         "after_max": max(c), "change": mc - ma, "rank_change": rank[b0][m] - rank[b1][m],
-                         "ranges_apart": "better" if better else ("worse" if worse else "overlap"),
-                         "welch_p": _welch_p(a, c)})
-        table = pd.DataFrame(rows).sort_values(["after_rank", "method"]).reset_index(drop=True)
-        comp = Comparison(task, backbone, device, b0, b1, table,
-                          only={b: sorted(set(by[b]) - set(both)) for b in (b0, b1) if set(by[b]) - set(both)})
-        after_runs = g[g["budget"] == b1]["record"]
-        comp.runs = len(after_runs)
-        comp.run_seconds = float(sum(r["efficiency"].get("total_seconds") or 0.0 for r in after_runs))
-        searched = sorted({(r["run"].get("hyperparameters") or {}).get("file") or "" for r in after_runs} - {""})
-        for name in searched:
-            path = Path(name)
-            if not path.is_file():
-                continue
-            trials = json.loads(path.read_text()).get("trials", [])
-            comp.searches += 1
-            comp.trials += len(trials)
-            comp.search_seconds += float(sum(t.get("seconds") or 0.0 for t in trials))
-        out.append(comp)
+        budgets = list(g["budget"].unique())
+        for b0 in _matching(budgets, before):
+            for b1 in _matching(budgets, after):
+                if b0 != b1:
+                    out += _pair(g, task, backbone, device, b0, b1)
     return out
+
+
+def _pair(g: pd.DataFrame, task: str, backbone: str, device: str, b0: str, b1: str) -> list[Comparison]:
+    """The comparison of budget ``b0`` with ``b1`` over the methods run under both ([] when none is)."""
+    higher = bool(g["higher"].iloc[0])
+    by = {b: {m: sorted(zip(s["seed"], s["score"])) for m, s in g[g["budget"] == b].groupby("method")}
+          for b in (b0, b1)}
+    both = sorted(set(by[b0]) & set(by[b1]))
+    if not both:
+        return []
+    scores = {b: {m: [v for _, v in by[b][m]] for m in both} for b in (b0, b1)}
+    rank = {b: _ranked(scores[b], higher) for b in (b0, b1)}
+    rows = []
+    for m in both:
+        a, c = scores[b0][m], scores[b1][m]
+        ma, mc = sum(a) / len(a), sum(c) / len(c)
+        better = (min(c) > max(a)) if higher else (max(c) < min(a))
+        worse = (max(c) < min(a)) if higher else (min(c) > max(a))
+        rows.append({"method": m, "before_rank": rank[b0][m], "before_mean": ma,
+                     "before_std": pd.Series(a).std(), "before_n": len(a), "before_min": min(a),
+                     "before_max": max(a), "after_rank": rank[b1][m], "after_mean": mc,
+                     "after_std": pd.Series(c).std(), "after_n": len(c), "after_min": min(c),
+                     "after_max": max(c), "change": mc - ma, "rank_change": rank[b0][m] - rank[b1][m],
+                     "ranges_apart": "better" if better else ("worse" if worse else "overlap"),
+                     "welch_p": _welch_p(a, c)})
+    table = pd.DataFrame(rows).sort_values(["after_rank", "method"]).reset_index(drop=True)
+    comp = Comparison(task, backbone, device, b0, b1, table,
+                      only={b: sorted(set(by[b]) - set(both)) for b in (b0, b1) if set(by[b]) - set(both)})
+    after_runs = g[g["budget"] == b1]["record"]
+    comp.runs = len(after_runs)
+    comp.run_seconds = float(sum(r["efficiency"].get("total_seconds") or 0.0 for r in after_runs))
+    searched = sorted({(r["run"].get("hyperparameters") or {}).get("file") or "" for r in after_runs} - {""})
+    for name in searched:
+        path = Path(name)
+        if not path.is_file():
+            continue
+        trials = json.loads(path.read_text()).get("trials", [])
+        comp.searches += 1
+        comp.trials += len(trials)
+        comp.search_seconds += float(sum(t.get("seconds") or 0.0 for t in trials))
+    return [comp]
 
 
 def _pct(x: float) -> str:
