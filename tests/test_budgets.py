@@ -75,3 +75,21 @@ def test_cli_compares_every_pair_of_matching_budgets_and_says_when_there_are_non
     assert err.count("\n") == 1 and "no task has runs under a budget starting with '1ep'" in err
     assert cli(["budgets", "--results-dir", str(tmp_path / "none")]) == 2
     assert "no results in" in capsys.readouterr().err
+
+
+def test_a_search_file_is_found_by_name_in_the_results_folder_and_one_seed_is_no_spread(tmp_path):
+    """A run made from another results folder recorded that folder's path: the comparison reads the file of
+    that name under its own results folder's tuning/. One seed a side has no spread to be outside of."""
+    recs = records(tmp_path)
+    (tmp_path / "tuning").mkdir()
+    (tmp_path / "tuning.json").rename(tmp_path / "tuning" / "tuning.json")
+    for r in recs:
+        if r["run"].get("hyperparameters", {}).get("file"):
+            r["run"]["hyperparameters"]["file"] = "elsewhere/tuning/tuning.json"
+    [comp] = compare(recs, "1ep", "tuned", results_dir=tmp_path)
+    assert (comp.searches, comp.trials, comp.search_seconds) == (1, 2, 150.0)
+    one = [r for r in recs if r["run"]["seed"] == 0 or r["run"]["config"]["run"].get("hparams") != "tuned"]
+    t = compare(one, "1ep", "tuned", results_dir=tmp_path)[0].table.set_index("method")
+    assert set(t["ranges_apart"]) == {"one seed"} and t["welch_p"].isna().all()
+    assert "runs: 3 runs, 3.00 h (their total_seconds); the searches they read: 1 search, 2 trials" in to_markdown(
+        compare(one, "1ep", "tuned", results_dir=tmp_path)[0])

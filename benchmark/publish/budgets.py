@@ -66,7 +66,8 @@ def _matching(budgets, prefix: str) -> list[str]:
     return sorted(b for b in budgets if b.startswith(prefix))
 
 
-def compare(records: list[dict], before: str, after: str, tasks: list[str] | None = None) -> list[Comparison]:
+def compare(records: list[dict], before: str, after: str, tasks: list[str] | None = None,
+            results_dir: str | Path = "results") -> list[Comparison]:
     """A Comparison for every (task, backbone, device) and every pair of its budgets, one starting with
     ``before`` and the other with ``after``; ``tasks`` (names) limits the tasks."""
     runs = []
@@ -87,11 +88,21 @@ def compare(records: list[dict], before: str, after: str, tasks: list[str] | Non
         for b0 in _matching(budgets, before):
             for b1 in _matching(budgets, after):
                 if b0 != b1:
-                    out += _pair(g, task, backbone, device, b0, b1)
+                    out += _pair(g, task, backbone, device, b0, b1, Path(results_dir))
     return out
 
 
-def _pair(g: pd.DataFrame, task: str, backbone: str, device: str, b0: str, b1: str) -> list[Comparison]:
+def _search_file(recorded: str, results_dir: Path) -> Path | None:
+    """The search file a run read: ``<results_dir>/tuning/<its name>`` (a run may have been made from another
+    results folder or checkout), else the path it recorded."""
+    for path in (results_dir / "tuning" / Path(recorded).name, Path(recorded)):
+        if path.is_file():
+            return path
+    return None
+
+
+def _pair(g: pd.DataFrame, task: str, backbone: str, device: str, b0: str, b1: str,
+          results_dir: Path) -> list[Comparison]:
     """The comparison of budget ``b0`` with ``b1`` over the methods run under both ([] when none is)."""
     higher = bool(g["higher"].iloc[0])
     by = {b: {m: sorted(zip(s["seed"], s["score"])) for m, s in g[g["budget"] == b].groupby("method")}
@@ -112,7 +123,8 @@ def _pair(g: pd.DataFrame, task: str, backbone: str, device: str, b0: str, b1: s
                      "before_max": max(a), "after_rank": rank[b1][m], "after_mean": mc,
                      "after_std": pd.Series(c).std(), "after_n": len(c), "after_min": min(c),
                      "after_max": max(c), "change": mc - ma, "rank_change": rank[b0][m] - rank[b1][m],
-                     "ranges_apart": "better" if better else ("worse" if worse else "overlap"),
+                     "ranges_apart": ("one seed" if min(len(a), len(c)) < 2 else
+                                     "better" if better else "worse" if worse else "overlap"),
                      "welch_p": _welch_p(a, c)})
     table = pd.DataFrame(rows).sort_values(["after_rank", "method"]).reset_index(drop=True)
     comp = Comparison(task, backbone, device, b0, b1, table,
@@ -122,14 +134,18 @@ def _pair(g: pd.DataFrame, task: str, backbone: str, device: str, b0: str, b1: s
     comp.run_seconds = float(sum(r["efficiency"].get("total_seconds") or 0.0 for r in after_runs))
     searched = sorted({(r["run"].get("hyperparameters") or {}).get("file") or "" for r in after_runs} - {""})
     for name in searched:
-        path = Path(name)
-        if not path.is_file():
+        path = _search_file(name, results_dir)
+        if path is None:
             continue
         trials = json.loads(path.read_text()).get("trials", [])
         comp.searches += 1
         comp.trials += len(trials)
         comp.search_seconds += float(sum(t.get("seconds") or 0.0 for t in trials))
     return [comp]
+
+
+def _n(k: int, one: str, many: str = "") -> str:
+    return f"{k} {one if k == 1 else (many or one + 's')}"
 
 
 def _pct(x: float) -> str:
@@ -152,8 +168,9 @@ def to_markdown(comp: Comparison) -> str:
     lines.append("")
     for budget, methods in comp.only.items():
         lines.append(f"Run under {budget} only: {', '.join(methods)}.")
-    lines.append(f"Time of the {comp.after} runs: {comp.runs} runs, {comp.run_seconds / 3600:.2f} h "
-                 f"(their total_seconds); the searches they read: {comp.searches} searches, {comp.trials} trials, "
+    lines.append(f"Time of the {comp.after} runs: {_n(comp.runs, 'run')}, {comp.run_seconds / 3600:.2f} h "
+                 f"(their total_seconds); the searches they read: {_n(comp.searches, 'search', 'searches')}, "
+                 f"{_n(comp.trials, 'trial')}, "
                  f"{comp.search_seconds / 3600:.2f} h; together {(comp.run_seconds + comp.search_seconds) / 3600:.2f} h.")
     return "\n".join(lines) + "\n"
 
@@ -176,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"no results in {args.results_dir}/runs: run `make bench` or `make paper` first")
     tasks = [t for t in args.tasks.split(",") if t] or None
     records, _ = load_results(args.results_dir)
-    comps = compare(records, args.before, args.after, tasks)
+    comps = compare(records, args.before, args.after, tasks, args.results_dir)
     if not comps:
         raise UserError(f"no task has runs under a budget starting with {args.before!r} and one starting with "
                         f"{args.after!r}; the budgets are the leaderboard's budget column")
