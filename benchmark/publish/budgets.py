@@ -21,8 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmark.errors import UserError
-from benchmark.publish.leaderboard import current_records
-from benchmark.results import budget_label, method_label
+from benchmark.publish.leaderboard import _flatten, current_records
 
 
 @dataclass
@@ -70,15 +69,7 @@ def compare(records: list[dict], before: str, after: str, tasks: list[str] | Non
             results_dir: str | Path = "results") -> list[Comparison]:
     """A Comparison for every (task, backbone, device) and every pair of its budgets, one starting with
     ``before`` and the other with ``after``; ``tasks`` (names) limits the tasks."""
-    runs = []
-    for r in current_records(records):
-        run = r["run"]
-        if tasks and run["task"] not in tasks:
-            continue
-        runs.append({"task": run["task"], "backbone": run["backbone"], "device": r["efficiency"]["device"],
-                     "budget": budget_label(run), "method": method_label(run), "seed": run["seed"],
-                     "score": float(r["metrics"]["test"]["score"]),
-                     "higher": bool(r["metrics"]["higher_is_better"]), "record": r})
+    runs = [{**_flatten(r), "record": r} for r in current_records(records) if not tasks or r["run"]["task"] in tasks]
     if not runs:
         return []
     frame = pd.DataFrame(runs)
@@ -104,7 +95,7 @@ def _search_file(recorded: str, results_dir: Path) -> Path | None:
 def _pair(g: pd.DataFrame, task: str, backbone: str, device: str, b0: str, b1: str,
           results_dir: Path) -> list[Comparison]:
     """The comparison of budget ``b0`` with ``b1`` over the methods run under both ([] when none is)."""
-    higher = bool(g["higher"].iloc[0])
+    higher = bool(g["higher_is_better"].iloc[0])
     by = {b: {m: sorted(zip(s["seed"], s["score"])) for m, s in g[g["budget"] == b].groupby("method")}
           for b in (b0, b1)}
     both = sorted(set(by[b0]) & set(by[b1]))
