@@ -86,8 +86,9 @@ def test_a_search_file_is_found_by_name_in_the_results_folder_and_one_seed_is_no
     for r in recs:
         if r["run"].get("hyperparameters", {}).get("file"):
             r["run"]["hyperparameters"]["file"] = "elsewhere/tuning/tuning.json"
+    recs[1]["run"]["hyperparameters"]["file"] = "results/tuning/tuning.json"  # seed 0 of a, made elsewhere
     [comp] = compare(recs, "1ep", "tuned", results_dir=tmp_path)
-    assert (comp.searches, comp.trials, comp.search_seconds) == (1, 2, 150.0)
+    assert (comp.searches, comp.trials, comp.search_seconds) == (1, 2, 150.0)  # the same search, counted once
     one = [r for r in recs if r["run"]["seed"] == 0 or r["run"]["config"]["run"].get("hparams") != "tuned"]
     t = compare(one, "1ep", "tuned", results_dir=tmp_path)[0].table.set_index("method")
     assert set(t["ranges_apart"]) == {"one seed"} and t["welch_p"].isna().all()

@@ -123,11 +123,9 @@ def _pair(g: pd.DataFrame, task: str, backbone: str, device: str, b0: str, b1: s
     after_runs = g[g["budget"] == b1]["record"]
     comp.runs = len(after_runs)
     comp.run_seconds = float(sum(r["efficiency"].get("total_seconds") or 0.0 for r in after_runs))
-    searched = sorted({(r["run"].get("hyperparameters") or {}).get("file") or "" for r in after_runs} - {""})
-    for name in searched:
-        path = _search_file(name, results_dir)
-        if path is None:
-            continue
+    recorded = {(r["run"].get("hyperparameters") or {}).get("file") or "" for r in after_runs} - {""}
+    # one search counted once, though its runs recorded it under different folders
+    for path in sorted({p for p in (_search_file(name, results_dir) for name in recorded) if p is not None}):
         trials = json.loads(path.read_text()).get("trials", [])
         comp.searches += 1
         comp.trials += len(trials)
