@@ -45,6 +45,7 @@ def test_ranks_changes_and_the_seed_spread(tmp_path):
     assert (comp.searches, comp.trials, comp.search_seconds) == (1, 2, 150.0)
     text = to_markdown(comp)
     assert "| a | #3 51.00 ± 1.00 (3) | #1 81.00 ± 1.00 (3) | +30.00 | +2 |" in text
+    assert "better | <0.001 |" in text and "| 0.000 |" not in text  # a tiny p is not printed as zero
     assert "together 9.04 h" in text
 
 

@@ -141,13 +141,18 @@ def _pct(x: float) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}"
 
 
+def _p(p: float) -> str:
+    """A p-value as read in a paper: three decimals, '<0.001' below that (never a bare 0.000)."""
+    return "-" if math.isnan(p) else ("<0.001" if p < 0.001 else f"{p:.3f}")
+
+
 def to_markdown(comp: Comparison) -> str:
     """The comparison as a Markdown table with its cost underneath (scores in %, std over seeds)."""
     lines = [f"### {comp.task} ({comp.backbone}, {comp.device}): {comp.before} -> {comp.after}", "",
              "| method | before: rank, mean ± std (n) | after: rank, mean ± std (n) | change | ranks moved "
              "| seed ranges | Welch p |", "| --- | --- | --- | ---: | ---: | --- | ---: |"]
     for r in comp.table.itertuples():
-        p = "-" if math.isnan(r.welch_p) else f"{r.welch_p:.3f}"
+        p = _p(r.welch_p)
         lines.append(
             f"| {r.method} | #{r.before_rank} {_pct(r.before_mean)} ± {_pct(r.before_std)} ({r.before_n}) "
             f"| #{r.after_rank} {_pct(r.after_mean)} ± {_pct(r.after_std)} ({r.after_n}) "
