@@ -91,7 +91,7 @@ def test_a_search_file_is_found_by_name_in_the_results_folder_and_one_seed_is_no
     [comp] = compare(recs, "1ep", "tuned", results_dir=tmp_path)
     assert (comp.searches, comp.trials, comp.search_seconds) == (1, 2, 150.0)  # the same search, counted once
     one = [r for r in recs if r["run"]["seed"] == 0 or r["run"]["config"]["run"].get("hparams") != "tuned"]
-    t = compare(one, "1ep", "tuned", results_dir=tmp_path)[0].table.set_index("method")
+    [comp] = compare(one, "1ep", "tuned", results_dir=tmp_path)
+    t = comp.table.set_index("method")
     assert set(t["ranges_apart"]) == {"one seed"} and t["welch_p"].isna().all()
-    assert "runs: 3 runs, 3.00 h (their total_seconds); the searches they read: 1 search, 2 trials" in to_markdown(
-        compare(one, "1ep", "tuned", results_dir=tmp_path)[0])
+    assert "runs: 3 runs, 3.00 h (their total_seconds); the searches they read: 1 search, 2 trials" in to_markdown(comp)

@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmark.errors import UserError
-from benchmark.publish.leaderboard import _flatten, current_records
+from benchmark.publish.leaderboard import flatten_record, current_records
 
 
 @dataclass
@@ -69,7 +69,8 @@ def compare(records: list[dict], before: str, after: str, tasks: list[str] | Non
             results_dir: str | Path = "results") -> list[Comparison]:
     """A Comparison for every (task, backbone, device) and every pair of its budgets, one starting with
     ``before`` and the other with ``after``; ``tasks`` (names) limits the tasks."""
-    runs = [{**_flatten(r), "record": r} for r in current_records(records) if not tasks or r["run"]["task"] in tasks]
+    runs = [{**flatten_record(r), "record": r} for r in current_records(records)
+            if not tasks or r["run"]["task"] in tasks]
     if not runs:
         return []
     frame = pd.DataFrame(runs)
@@ -152,13 +153,12 @@ def to_markdown(comp: Comparison) -> str:
              "| method | before: rank, mean ± std (n) | after: rank, mean ± std (n) | change | ranks moved "
              "| seed ranges | Welch p |", "| --- | --- | --- | ---: | ---: | --- | ---: |"]
     for r in comp.table.itertuples():
-        p = _p(r.welch_p)
         lines.append(
             f"| {r.method} | #{r.before_rank} {_pct(r.before_mean)} ± {_pct(r.before_std)} ({r.before_n}) "
             f"| #{r.after_rank} {_pct(r.after_mean)} ± {_pct(r.after_std)} ({r.after_n}) "
             f"| {100 * r.change:+.2f} | {r.rank_change:+d} "
             f"| [{_pct(r.before_min)}, {_pct(r.before_max)}] -> [{_pct(r.after_min)}, {_pct(r.after_max)}] "
-            f"{r.ranges_apart} | {p} |")
+            f"{r.ranges_apart} | {_p(r.welch_p)} |")
     lines.append("")
     for budget, methods in comp.only.items():
         lines.append(f"Run under {budget} only: {', '.join(methods)}.")

@@ -83,7 +83,9 @@ def pareto_front(scores: Sequence[float], memory: Sequence[float], higher_is_bet
     return front
 
 
-def _flatten(record: dict) -> dict:
+def flatten_record(record: dict) -> dict:
+    """One run record as a flat row (task, budget, method label, seed, score, memory...): the one reading of
+    a record shared by the leaderboard and `make budgets`."""
     run, metrics, eff = record["run"], record["metrics"], record["efficiency"]
     row = {"task_family": run["task_family"], "task": run["task"], "task_version": run["task_version"],
            "backbone": run["backbone"], "budget": budget_label(run), "device": eff["device"], "method": method_label(run), "seed": run["seed"],
@@ -111,7 +113,7 @@ def current_records(records: list[dict]) -> list[dict]:
     ok = [r for r in records if not validate(r) and r["run"]["status"] == "ok"]
     if not ok:
         return []
-    latest, _, _ = _current(pd.DataFrame([_flatten(r) for r in ok]))
+    latest, _, _ = _current(pd.DataFrame([flatten_record(r) for r in ok]))
     return [ok[i] for i in latest.index]
 
 
@@ -192,7 +194,7 @@ def build_leaderboard(records: Iterable[dict], problems: Iterable[tuple[os.PathL
             setattr(report, run["status"], getattr(report, run["status"]) + 1)
             report.skipped.append((where, f"{run['status']}: {run.get('error') or 'no error message'}"))
         else:
-            runs.append(_flatten(record))
+            runs.append(flatten_record(record))
 
     metric_names = sorted({k[5:] for r in runs for k in r if k.startswith("test:")})
     columns = KEYS + ["n", "score_mean", "score_std"] + [f"{m}_{s}" for m in metric_names
