@@ -10,6 +10,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 CODE_PATHS = ("benchmark", "methods", "tasks", "pyproject.toml")  # what a result depends on; not results/ or docs
+# Code under CODE_PATHS that only reads finished results (tables, figures, the page, budget comparisons):
+# changing it changes no run, so it neither makes a run dirty nor starts a new code version.
+PUBLISH_PATHS = ("benchmark/publish",)
 PACKAGES = ("torch", "lightning", "transformers", "peft", "datasets", "torchmetrics", "bitsandbytes")
 
 
@@ -58,8 +61,9 @@ def _cpu_threads() -> int | None:
 def git_info(repo_dir: str | os.PathLike) -> tuple[str | None, bool | None]:
     """(commit, dirty) of the checkout at ``repo_dir``; (None, None) outside a repository or without git.
 
-    Dirty means a tracked file of the code (``CODE_PATHS``) differs from the commit: results, docs and the
-    leaderboard that ``make paper`` rewrites between its parts don't count, nor do untracked files.
+    Dirty means a tracked file of the code (``CODE_PATHS``) differs from the commit: results, docs, the
+    leaderboard that ``make paper`` rewrites between its parts and the code that publishes results
+    (``PUBLISH_PATHS``) don't count, nor do untracked files.
     Read-only: ``--no-optional-locks`` keeps ``git status`` from touching the index.
     """
     def git(*args: str) -> str:
@@ -71,32 +75,33 @@ def git_info(repo_dir: str | os.PathLike) -> tuple[str | None, bool | None]:
     except (OSError, subprocess.SubprocessError, ValueError):
         return None, None
     try:
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS))
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS,
+                         *(f":(exclude){p}" for p in PUBLISH_PATHS)))
     except (OSError, subprocess.SubprocessError, ValueError):
         dirty = None
     return commit or None, dirty
 
 
 def code_versions(commits: Iterable[str | None], repo_dir: str | os.PathLike = ROOT) -> dict:
-    """Each commit's code version: the git ids of ``CODE_PATHS`` at that commit.
+    """Each commit's code version: the git ids of what ``CODE_PATHS`` hold at that commit, less
+    ``PUBLISH_PATHS``.
 
-    Seeds run on commits that differ only in results or docs then count as one version, so the
-    leaderboard flags only rows whose seeds ran on different code. A commit this checkout lacks (a
-    shallow clone, another fork) or no git at all: the commit stands for itself.
+    Seeds run on commits that differ only in results, docs or the publishing code then count as one
+    version, so the leaderboard flags only rows whose seeds ran on different code. A commit this checkout
+    lacks (a shallow clone, another fork) or no git at all: the commit stands for itself.
     """
     known = sorted({c for c in commits if isinstance(c, str) and c})
     versions: dict = {c: c for c in known}
-    if not known:
-        return versions
-    query = "".join(f"{c}:{p}\n" for c in known for p in CODE_PATHS)
-    try:
-        out = subprocess.run(["git", "--no-optional-locks", "cat-file", "--batch-check=%(objectname)"],
-                             cwd=repo_dir, input=query, capture_output=True, text=True, timeout=30,
-                             check=True).stdout.split("\n")
-    except (OSError, subprocess.SubprocessError, ValueError):
-        return versions
-    for i, c in enumerate(known):
-        ids = out[i * len(CODE_PATHS):(i + 1) * len(CODE_PATHS)]
-        if len(ids) == len(CODE_PATHS) and not any(x.endswith("missing") or x.endswith("ambiguous") for x in ids):
+    # a folder's entries (one level down where a publishing folder sits inside it), a file's own id
+    paths = [f"{p}/" if any(q.startswith(f"{p}/") for q in PUBLISH_PATHS) else p for p in CODE_PATHS]
+    for c in known:
+        try:
+            out = subprocess.run(["git", "--no-optional-locks", "ls-tree", c, "--", *paths], cwd=repo_dir,
+                                 capture_output=True, text=True, timeout=30, check=True).stdout
+        except (OSError, subprocess.SubprocessError, ValueError):
+            continue
+        entries = [line.split(None, 3) for line in out.splitlines()]
+        ids = sorted(f"{path}:{oid}" for _, _, oid, path in entries if path not in PUBLISH_PATHS)
+        if ids:
             versions[c] = "+".join(ids)
     return versions

@@ -325,7 +325,7 @@ def test_a_row_whose_seeds_ran_on_different_commits_is_flagged():
     assert same.iloc[0]["code_versions"] == 1 and "versions)" not in tables.to_markdown(same).split("\n\n")[0]
 
 
-def test_commits_that_changed_only_results_or_docs_are_one_code_version(tmp_path):
+def test_commits_that_changed_only_results_docs_or_publishing_code_are_one_code_version(tmp_path):
     def git(*args):
         return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path,
                               check=True, capture_output=True, text=True).stdout.strip()
@@ -341,12 +341,16 @@ def test_commits_that_changed_only_results_or_docs_are_one_code_version(tmp_path
     for path in ("benchmark/a.py", "methods/m.py", "tasks/t.py", "pyproject.toml"):
         first = commit(path, "x = 1\n")
     docs_only = commit("README.md", "results changed\n")
+    publishing = commit("benchmark/publish/tables.py", "the tables read finished runs only\n")
     code = commit("methods/m.py", "x = 2\n")
     records = [make_record(seed=s, score=0.6) for s in range(3)]
-    for r, c in zip(records, (first, docs_only, first)):
+    for r, c in zip(records, (first, docs_only, publishing)):
         r["run"]["git_commit"] = c
     df, _ = build_leaderboard(records, repo_dir=tmp_path)
     assert df.iloc[0]["code_versions"] == 1 and "versions)" not in tables.to_markdown(df).split("\n\n")[0]
     records[2]["run"]["git_commit"] = code
     df, _ = build_leaderboard(records, repo_dir=tmp_path)
     assert df.iloc[0]["code_versions"] == 2 and "(3; 2 code versions)" in tables.to_markdown(df)
+    records[2]["run"]["git_commit"] = commit("benchmark/a.py", "x = 3\n")  # the run's own code, outside publish/
+    df, _ = build_leaderboard(records, repo_dir=tmp_path)
+    assert df.iloc[0]["code_versions"] == 2

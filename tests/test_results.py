@@ -222,20 +222,25 @@ def test_git_info_in_this_checkout():
     assert re.fullmatch(r"[0-9a-f]{40}", commit) and isinstance(dirty, bool)
 
 
-def test_a_changed_result_or_doc_does_not_make_a_run_dirty_but_changed_code_does(tmp_path):
+def test_a_changed_result_doc_or_publishing_code_does_not_make_a_run_dirty_but_changed_code_does(tmp_path):
     def git(*args):
         subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
                        capture_output=True)
 
     git("init", "-q")
-    for path in ("methods/m.py", "results/leaderboard.md", "README.md"):
+    for path in ("methods/m.py", "results/leaderboard.md", "README.md", "benchmark/publish/tables.py",
+                 "benchmark/run.py"):
         (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / path).write_text("a\n")
     git("add", "-A")
     git("commit", "-qm", "first")
     (tmp_path / "results/leaderboard.md").write_text("rewritten by make paper\n")
     (tmp_path / "README.md").write_text("b\n")
+    (tmp_path / "benchmark/publish/tables.py").write_text("b\n")
     assert results.git_info(tmp_path)[1] is False
+    (tmp_path / "benchmark/run.py").write_text("b\n")
+    assert results.git_info(tmp_path)[1] is True
+    git("checkout", "--", "benchmark/run.py")
     (tmp_path / "methods/m.py").write_text("b\n")
     assert results.git_info(tmp_path)[1] is True
 
