@@ -16,7 +16,8 @@ from benchmark.results import atomic_write_text
 
 NOTES = ("Scores that are fractions (accuracy, F1, correlations) are in percent; mean ± sample std over "
          "seeds, (n) = seeds; (n; k code versions) = its seeds ran on k different versions of the suite's code "
-         "(benchmark/, methods/, tasks/, pyproject.toml; same method version, but check the git log between them). Memory: peak training bytes / 1024^3 (GiB). ★ = Pareto front of score vs "
+         "(benchmark/ less the publishing code in benchmark/publish/, methods/, tasks/, pyproject.toml; same method "
+         "version, but check the git log between them). Memory: peak training bytes / 1024^3 (GiB). ★ = Pareto front of score vs "
          "peak memory within a task, version, backbone, budget and device. Budget: epochs (or steps), batch, "
          "max length, train/eval subsets, precision when not fp32; plateauN-max… = trained until N validations "
          "in a row brought no improvement, at most the cap; tuned-… = every method at the values of the same "
