@@ -142,7 +142,8 @@ def _run_local(jobs, workers, stop_on, on_start, on_done, preload=()) -> list[Do
         if stop.is_set():
             return None
         if on_start:
-            on_start(i, job)
+            with lock:  # callbacks never overlap: two "start" lines printed at once ran together in one line
+                on_start(i, job)
         by_module = ctx is not None and len(job.argv) > 2 and job.argv[:2] == [sys.executable, "-m"]
         d = run_preloaded(job, ctx) if by_module else run_one(job)
         with lock:

@@ -3,6 +3,7 @@ started, and the submitit backend (its local executor) runs the same jobs."""
 from __future__ import annotations
 
 import sys
+import time
 
 import pytest
 
@@ -22,6 +23,20 @@ def test_local_runs_every_job_and_captures_output():
     assert sorted(started) == [1, 2, 3]
     b = next(d for d in done if d.job.name == "b")
     assert b.stdout.strip() == "hi" and b.last_line() == "why"
+
+
+def test_callbacks_never_run_at_the_same_time():
+    """Each worker thread reports its start; unserialized, two prints ran into one log line."""
+    inside, most = [0], [0]
+
+    def slow(i, job):
+        inside[0] += 1
+        most[0] = max(most[0], inside[0])
+        time.sleep(0.3)
+        inside[0] -= 1
+
+    jobs.run([_job("a", 0), _job("b", 0)], workers=2, on_start=slow, on_done=slow)
+    assert most[0] == 1
 
 
 def test_exit_code_two_stops_the_jobs_not_started():
