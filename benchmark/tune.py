@@ -250,12 +250,26 @@ def write_choice(study, p, space, trials, db: Path, out: Path, log=print) -> Pat
         "trials": [{"number": t.number, "state": t.state.name.lower(), "params": t.params, "value": t.value,
                     **{k: t.user_attrs.get(k) for k in ("train_steps", "steps_per_epoch", "seconds")}}
                    for t in study.trials],
-        "git_commit": git_info(REPO_ROOT)[0], "written_at": datetime.now(timezone.utc).isoformat(),
     }
-    atomic_write_text(out, json.dumps(record, indent=2) + "\n")
     params = ", ".join(f"{k}={v:.3g}" for k, v in best.params.items())
+    if _same_choice(out, record):  # a reused, finished search: the committed file (and its commit) stand
+        log(f"tune: chose {params} (trial {best.number}, val score {best.value:.4f}), as {rel(out)} already says")
+        return out
+    record.update(git_commit=git_info(REPO_ROOT)[0], written_at=datetime.now(timezone.utc).isoformat())
+    atomic_write_text(out, json.dumps(record, indent=2) + "\n")
     log(f"tune: chose {params} (trial {best.number}, val score {best.value:.4f}) -> {rel(out)}")
     return out
+
+
+def _same_choice(out: Path, record: dict) -> bool:
+    """Whether ``out`` already holds ``record`` (but for when and at which commit it was written)."""
+    import json
+
+    try:
+        old = json.loads(out.read_text())
+    except (OSError, ValueError):
+        return False
+    return {k: v for k, v in old.items() if k not in ("git_commit", "written_at")} == json.loads(json.dumps(record))
 
 
 @entry_point()
