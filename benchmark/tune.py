@@ -266,7 +266,7 @@ def _same_choice(out: Path, record: dict) -> bool:
     import json
 
     try:
-        old = json.loads(out.read_text())
+        old = json.loads(out.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
     return {k: v for k, v in old.items() if k not in ("git_commit", "written_at")} == json.loads(json.dumps(record))
