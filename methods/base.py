@@ -20,6 +20,9 @@ from methods import METHODS  # noqa: F401  (the registry lives in the light pack
 
 from methods import GENERIC_VARIANTS  # noqa: E402,F401  (declared in the light package: the publishers read it)
 
+# the variant of a method whose backbone has dropout to switch off (``MethodConfig.backbone_dropout``)
+NO_BACKBONE_DROPOUT = {"no-backbone-dropout": {"backbone_dropout": "false"}}
+
 OPTIMIZERS = ("adamw", "adamw8bit")  # torch's AdamW; bitsandbytes' AdamW8bit (blockwise 8-bit moments)
 
 
@@ -49,6 +52,12 @@ class MethodConfig:
     # of 256 with an fp32 absmax each; tensors under 4096 elements keep fp32 moments, as bitsandbytes does).
     # Results go under ``<method>@adamw8bit``, beside the method's other rows, like checkpointing.
     optimizer: str = "adamw"
+    # the backbone's dropout follows train/eval, frozen or not, as the reference code of every method trains
+    # (LST's T5 code and SHERL's/UniPT's CLIP-ViL code call ``model.train()`` on the whole model). On a
+    # frozen backbone that runs without autograd it costs no memory (no mask is kept); where autograd runs
+    # through the backbone (BitFit, LoRA, full, SHERL's late layer) the masks are kept for backward.
+    # False: the backbone stays in eval mode, a fixed feature extractor (variant ``no-backbone-dropout``).
+    backbone_dropout: bool = True
 
     def __post_init__(self):
         self.check(self.lr > 0, "lr", "must be > 0")
@@ -86,9 +95,6 @@ class Method(nn.Module):
     # version are stale for ``make paper`` and are never averaged with the new ones. A method built on
     # another (MP-ISMoE on SHERL) bumps its own version when its base's changes.
     version: ClassVar[int] = 1
-    # PETL and full fine-tuning train inside the backbone, so its dropout follows train/eval like any
-    # fine-tuned model; a side method's frozen backbone is a fixed feature extractor and stays in eval.
-    backbone_follows_train_mode: ClassVar[bool] = False
     # Named configurations (e.g. a paper's ablation rows): name -> method overrides as ``key=value``
     # strings. ``variant=<name>`` on a run applies one (command-line keys still win), the results are
     # kept apart as ``<method>@<name>``, and ``make memory`` measures every variant as its own row.
@@ -129,7 +135,7 @@ class Method(nn.Module):
 
     def train(self, mode: bool = True):
         super().train(mode)
-        if not self.backbone_follows_train_mode:
+        if not self.config.backbone_dropout:
             self.backbone.eval()
         return self
 

@@ -16,7 +16,7 @@ import warnings
 from dataclasses import dataclass
 
 from benchmark.errors import UserError
-from methods.base import Method, MethodConfig
+from methods.base import NO_BACKBONE_DROPOUT, Method, MethodConfig
 
 NO_BIAS_CHOICES = ("layernorm", "error")
 
@@ -33,6 +33,9 @@ class BitFitConfig(MethodConfig):
 
 
 class BitFit(Method):
+    # 2: the backbone's dropout follows train/eval (``backbone_dropout``), as the reference code trains
+    version = 2
+    variants = dict(NO_BACKBONE_DROPOUT)
     runs_on_seq2seq = True  # the whole model runs, encoder and decoder (the seq2seq backbone's forward)
     config_class = BitFitConfig
 

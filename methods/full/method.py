@@ -13,7 +13,6 @@ class FullConfig(MethodConfig):
 
 
 class FullFineTuning(Method):
-    backbone_follows_train_mode = True
     runs_on_seq2seq = True  # the whole model runs, encoder and decoder (the seq2seq backbone's forward)
     config_class = FullConfig
     paper_alternatives = ("checkpointing",)  # the memory tool a user of this method would switch on

@@ -23,7 +23,6 @@ class LoraMethodConfig(MethodConfig):
 
 
 class LoRA(Method):
-    backbone_follows_train_mode = True
     runs_on_seq2seq = True  # the whole model runs, encoder and decoder (the seq2seq backbone's forward)
     config_class = LoraMethodConfig
     paper_alternatives = ("checkpointing",)  # the memory tool a user of this method would switch on

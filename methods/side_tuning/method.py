@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from methods.base import Method, MethodConfig
+from methods.base import NO_BACKBONE_DROPOUT, Method, MethodConfig
 from methods.side import frozen_decoder_states, frozen_hidden_states
 
 
@@ -54,6 +54,9 @@ class SideTuningConfig(MethodConfig):
 
 
 class SideTuning(Method):
+    # 2: the backbone's dropout follows train/eval (``backbone_dropout``), as the reference code trains
+    version = 2
+    variants = dict(NO_BACKBONE_DROPOUT)
     config_class = SideTuningConfig
     runs_on_seq2seq = True
 

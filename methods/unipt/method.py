@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from benchmark.backbones.base import checkpoint_call
-from methods.base import ConfigError, Method, MethodConfig
+from methods.base import NO_BACKBONE_DROPOUT, ConfigError, Method, MethodConfig
 from methods.side import check_layers, frozen_decoder_states, frozen_hidden_states, parse_layers, taps_within
 
 
@@ -112,6 +112,9 @@ def down_projection(d: int, d_side: int) -> nn.Sequential:
 
 
 class UniPT(Method):
+    # 2: the backbone's dropout follows train/eval (``backbone_dropout``), as the reference code trains
+    version = 2
+    variants = dict(NO_BACKBONE_DROPOUT)
     config_class = UniPTConfig
     runs_on_seq2seq = True
 
