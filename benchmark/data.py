@@ -19,13 +19,14 @@ from tasks.base import METRIC_COLUMNS, DataOptions, Task
 class TaskDataModule(L.LightningDataModule):
     def __init__(self, task: Task, tokenizer, *, max_length: int, batch_size: int, eval_batch_size: int,
                  pad_to_max_length: bool = False, data_dir: str = "", limit_train_samples: int = 0,
-                 limit_eval_samples: int = 0, seed: int = 0, num_workers: int = 0,
+                 limit_eval_samples: int = 0, limit_test_samples: int = -1, seed: int = 0, num_workers: int = 0,
                  image_features: Callable[[list[str]], torch.Tensor] | None = None, text_to_text: bool = False):
         super().__init__()
         self.task, self.tokenizer = task, tokenizer
         self.max_length, self.batch_size, self.eval_batch_size = max_length, batch_size, eval_batch_size
         self.pad_to_max_length, self.data_dir, self.seed = pad_to_max_length, data_dir, seed
-        self.limits = {"train": limit_train_samples, "validation": limit_eval_samples, "test": limit_eval_samples}
+        self.limits = {"train": limit_train_samples, "validation": limit_eval_samples, 
+                       "test": limit_eval_samples if limit_test_samples < 0 else limit_test_samples}
         self.num_workers = num_workers
         self.image_features = image_features
         # the seq2seq kind: each example's texts become the task's one input string (``Task.text_to_text``)

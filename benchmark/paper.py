@@ -48,10 +48,10 @@ PAPER_TASKS = (tuple(PaperTask(c.name, dict(c.paper_budget), variants=c.paper_va
 SEEDS = (0, 1, 2)
 # the run settings of a tuned budget that are the tuned runs' own (until-plateau), not the trials': a search
 # runs at the task's trial budget on the same data
-TUNED_ONLY = ("hparams", "patience", "epochs", "max_steps", "val_check_interval")
+TUNED_ONLY = ("hparams", "patience", "epochs", "max_steps", "val_check_interval", "limit_test_samples")
 # Run settings whose change makes an old result stale (besides the method config and the budget).
 CURRENT_KEYS = ("epochs", "max_steps", "patience", "hparams", "val_check_interval", "batch_size", "eval_batch_size", "max_length", "pad_to_max_length",
-                "warmup_steps", "grad_clip", "limit_train_samples", "limit_eval_samples", "precision", "pooling",
+                "warmup_steps", "grad_clip", "limit_train_samples", "limit_eval_samples", "limit_test_samples", "precision", "pooling",
                 "vision", "backbone")
 
 

@@ -304,12 +304,13 @@ def method_label(run: dict) -> str:
 
 
 BUDGET_FIELDS = ("epochs", "max_steps", "patience", "batch_size", "max_length", "limit_train_samples", "limit_eval_samples",
-                 "precision", "hparams")
+                 "limit_test_samples", "precision", "hparams")
 
 
 def budget_label(run: dict) -> str:
     """The training budget a run had, as a short name: ``1ep-b32-len64``, ``1ep-b32-len64-train4096-eval2048``
-    (subsets), ``200steps-...``, ``plateau3-max20ep-...`` (until-plateau), ``...-bf16-mixed`` (not fp32),
+    (subsets; ``-testall`` where the test split is whole and validation a subset), ``200steps-...``,
+    ``plateau3-max20ep-...`` (until-plateau), ``...-bf16-mixed`` (not fp32),
     ``tuned-...`` (make tune's hyperparameters, not the papers').
 
     Runs of different budgets are different experiments: they never share a results file or a leaderboard
@@ -326,6 +327,9 @@ def budget_label(run: dict) -> str:
         parts.append(f"train{v['limit_train_samples']}")
     if int(v["limit_eval_samples"]):
         parts.append(f"eval{v['limit_eval_samples']}")
+    test = int(v["limit_test_samples"])
+    if test >= 0 and test != int(v["limit_eval_samples"]):  # the test split not as validation's
+        parts.append(f"test{test}" if test else "testall")
     if str(v["precision"]) not in ("32-true", "32"):
         parts.append(str(v["precision"]))
     if v["hparams"] != "paper":

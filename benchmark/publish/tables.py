@@ -19,7 +19,9 @@ NOTES = ("Scores that are fractions (accuracy, F1, correlations) are in percent;
          "(benchmark/ less the publishing code in benchmark/publish/, methods/, tasks/, pyproject.toml; same method "
          "version, but check the git log between them). Memory: peak training bytes / 1024^3 (GiB). ★ = Pareto front of score vs "
          "peak memory within a task, version, backbone, budget and device. Budget: epochs (or steps), batch, "
-         "max length, train/eval subsets, precision when not fp32; plateauN-max… = trained until N validations "
+         "max length, train/eval subsets (evalN: validation on a fixed N-example subset, and test on the same N "
+         "unless -testall (the whole test split) or -testN follows), precision when not fp32; "
+         "plateauN-max… = trained until N validations "
          "in a row brought no improvement, at most the cap; tuned-… = every method at the values of the same "
          "make tune search (on validation), not its paper's. " + AVERAGE_NOTES)
 
