@@ -62,8 +62,8 @@ paper: setup ## every run the paper tables need (offline tasks, 3 seeds, paper b
 leaderboard: setup ## tables from results/runs: results/leaderboard.{md,csv,tex}, ablations, index.html
 	$(PY) -m benchmark leaderboard
 
-budgets: setup ## how each method's rank and score move between two budgets (BEFORE=1ep AFTER=tuned; TASKS=a,b), seed spread and Welch p
-	$(PY) -m benchmark budgets $(if $(BEFORE),--before $(BEFORE)) $(if $(AFTER),--after $(AFTER)) $(if $(TASKS),--tasks $(TASKS))
+budgets: setup ## how each method's rank and score move between two budgets (BEFORE=1ep AFTER=tuned; TASKS=a,b; SPLIT=val: best validation, what a budget is chosen on), seed spread and Welch p
+	$(PY) -m benchmark budgets $(if $(BEFORE),--before $(BEFORE)) $(if $(AFTER),--after $(AFTER)) $(if $(TASKS),--tasks $(TASKS)) $(if $(SPLIT),--split $(SPLIT))
 
 figures: setup ## figures from results/ (no training) -> results/figures/*.png, and results/index.html
 	$(PY) -m benchmark figures

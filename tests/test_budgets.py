@@ -95,3 +95,17 @@ def test_a_search_file_is_found_by_name_in_the_results_folder_and_one_seed_is_no
     t = comp.table.set_index("method")
     assert set(t["ranges_apart"]) == {"one seed"} and t["welch_p"].isna().all()
     assert "runs: 3 runs, 3.00 h (their total_seconds); the searches they read: 1 search, 2 trials" in to_markdown(comp)
+
+
+def test_split_val_compares_the_best_validation_scores_the_choice_reads(tmp_path):
+    recs = records(tmp_path)
+    for r in recs:  # validation says the opposite of test: b gains, a loses
+        tuned = r["run"]["config"]["run"].get("hparams") == "tuned"
+        r["metrics"]["val_best"] = {"score": {"a": 0.7, "b": 0.6}.get(r["run"]["method"], 0.5) + (0.1 if tuned else 0)
+                                    * (1 if r["run"]["method"] == "b" else -1)}
+    val = compare(recs, "1ep", "tuned", split="val")[0]
+    t = val.table.set_index("method")
+    assert t.at["b", "change"] == pytest.approx(0.1) and t.at["a", "change"] == pytest.approx(-0.1)
+    assert "(best validation scores)" in to_markdown(val)
+    test = compare(recs, "1ep", "tuned")[0].table.set_index("method")
+    assert test.at["a", "change"] == pytest.approx(0.30)

@@ -40,6 +40,7 @@ class Comparison:
     searches: int = 0
     trials: int = 0
     only: dict[str, list[str]] = field(default_factory=dict)  # budget -> methods run under it alone
+    split: str = "test"  # the scores compared: test, or val (best validation)
 
 
 def _welch_p(a: list[float], b: list[float]) -> float:
@@ -65,22 +66,28 @@ def _matching(budgets, prefix: str) -> list[str]:
     return sorted(b for b in budgets if b.startswith(prefix))
 
 
+SPLITS = {"val": "val_score", "test": "score"}  # --split: which score the comparison reads
+
+
 def compare(records: list[dict], before: str, after: str, tasks: list[str] | None = None,
-            results_dir: str | Path = "results") -> list[Comparison]:
+            results_dir: str | Path = "results", split: str = "test") -> list[Comparison]:
     """A Comparison for every (task, backbone, device) and every pair of its budgets, one starting with
-    ``before`` and the other with ``after``; ``tasks`` (names) limits the tasks."""
+    ``before`` and the other with ``after``; ``tasks`` (names) limits the tasks. ``split="val"`` compares
+    the best validation scores instead of the test scores: the only ones a choice between budgets may read."""
     runs = [{**flatten_record(r), "record": r} for r in current_records(records)
             if not tasks or r["run"]["task"] in tasks]
     if not runs:
         return []
     frame = pd.DataFrame(runs)
+    frame["score"] = frame[SPLITS[split]]
+    frame = frame.dropna(subset=["score"])
     out = []
     for (task, backbone, device), g in frame.groupby(["task", "backbone", "device"], sort=True):
         budgets = list(g["budget"].unique())
         for b0 in _matching(budgets, before):
             for b1 in _matching(budgets, after):
                 if b0 != b1:
-                    out += _pair(g, task, backbone, device, b0, b1, Path(results_dir))
+                    out += _pair(g, task, backbone, device, b0, b1, Path(results_dir), split)
     return out
 
 
@@ -94,7 +101,7 @@ def _search_file(recorded: str, results_dir: Path) -> Path | None:
 
 
 def _pair(g: pd.DataFrame, task: str, backbone: str, device: str, b0: str, b1: str,
-          results_dir: Path) -> list[Comparison]:
+          results_dir: Path, split: str = "test") -> list[Comparison]:
     """The comparison of budget ``b0`` with ``b1`` over the methods run under both ([] when none is)."""
     higher = bool(g["higher_is_better"].iloc[0])
     by = {b: {m: sorted(zip(s["seed"], s["score"])) for m, s in g[g["budget"] == b].groupby("method")}
@@ -119,7 +126,7 @@ def _pair(g: pd.DataFrame, task: str, backbone: str, device: str, b0: str, b1: s
                                      "better" if better else "worse" if worse else "overlap"),
                      "welch_p": _welch_p(a, c)})
     table = pd.DataFrame(rows).sort_values(["after_rank", "method"]).reset_index(drop=True)
-    comp = Comparison(task, backbone, device, b0, b1, table,
+    comp = Comparison(task, backbone, device, b0, b1, table, split=split,
                       only={b: sorted(set(by[b]) - set(both)) for b in (b0, b1) if set(by[b]) - set(both)})
     after_runs = g[g["budget"] == b1]["record"]
     comp.runs = len(after_runs)
@@ -149,7 +156,8 @@ def _p(p: float) -> str:
 
 def to_markdown(comp: Comparison) -> str:
     """The comparison as a Markdown table with its cost underneath (scores in %, std over seeds)."""
-    lines = [f"### {comp.task} ({comp.backbone}, {comp.device}): {comp.before} -> {comp.after}", "",
+    what = "best validation scores" if comp.split == "val" else "test scores"
+    lines = [f"### {comp.task} ({comp.backbone}, {comp.device}): {comp.before} -> {comp.after} ({what})", "",
              "| method | before: rank, mean ± std (n) | after: rank, mean ± std (n) | change | ranks moved "
              "| seed ranges | Welch p |", "| --- | --- | --- | ---: | ---: | --- | ---: |"]
     for r in comp.table.itertuples():
@@ -180,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--before", default="1ep", help="budget label prefix of the first budget (default 1ep)")
     p.add_argument("--after", default="tuned", help="budget label prefix of the second (default tuned)")
     p.add_argument("--tasks", default="", help="comma-separated task names (default: every task with both)")
+    p.add_argument("--split", default="test", choices=sorted(SPLITS),
+                   help="compare test scores (default) or best validation scores (val: what a budget is chosen on)")
     p.add_argument("--results-dir", default="results")
     args = p.parse_args(argv)
     quiet()
@@ -187,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"no results in {args.results_dir}/runs: run `make bench` or `make paper` first")
     tasks = [t for t in args.tasks.split(",") if t] or None
     records, _ = load_results(args.results_dir)
-    comps = compare(records, args.before, args.after, tasks, args.results_dir)
+    comps = compare(records, args.before, args.after, tasks, args.results_dir, args.split)
     if not comps:
         raise UserError(f"no task has runs under a budget starting with {args.before!r} and one starting with "
                         f"{args.after!r}; the budgets are the leaderboard's budget column")
