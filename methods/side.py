@@ -28,24 +28,38 @@ def frozen_hidden_states(backbone: Backbone, batch: dict[str, torch.Tensor]) -> 
     return [embedded] + [s.detach() for s in states[1:]], ctx
 
 
+def with_raw_last(states: list[torch.Tensor], ctx: LayerContext) -> list[torch.Tensor]:
+    """``states`` with the last layer's raw output (before ``finish``, T5's final LayerNorm) in place of the
+    finished one: what LST's and SHERL's code read from the last block. The backbone must have kept it
+    (``backbone.keep_raw_last``, set when such a method is built)."""
+    if ctx.raw_last is None:
+        raise RuntimeError("the backbone did not keep its last layer's raw output: set backbone.keep_raw_last "
+                           "when the method is built")
+    return states[:-1] + [ctx.raw_last.detach()]
+
+
 def frozen_decoder_states(backbone, batch: dict[str, torch.Tensor], memory: torch.Tensor,
-                          memory_mask: torch.Tensor) -> list[torch.Tensor]:
+                          memory_mask: torch.Tensor, raw_last: bool = False) -> list[torch.Tensor]:
     """The seq2seq kind: the frozen decoder's embedding output and every decoder layer's output, cross-attending
     to the frozen encoder's output ``memory``, all without autograd (teacher forcing on
-    ``batch["decoder_input_ids"]``)."""
+    ``batch["decoder_input_ids"]``); ``raw_last``: the last one before the decoder's final LayerNorm
+    (``with_raw_last``)."""
     with torch.no_grad():
-        states, _ = backbone.decoder_hidden_states(batch, memory.detach(), memory_mask)
+        states, ctx = backbone.decoder_hidden_states(batch, memory.detach(), memory_mask)
+    if raw_last:
+        states = with_raw_last(states, ctx)
     return [s.detach() for s in states]
 
 
 def fresh_norm_like(layer: nn.Module) -> nn.Module:
-    """A new LayerNorm of the type the (narrow) layer uses, at identity (weight 1, bias 0)."""
+    """A new, trainable LayerNorm of the type the layer uses, at identity (weight 1, bias 0): a side network's
+    final norm, trained whether ``layer`` is a side layer or a frozen backbone layer (its copy would be frozen)."""
     norms = [m for m in layer.modules() if isinstance(m, nn.LayerNorm) or type(m).__name__.endswith("LayerNorm")]
     norm = copy.deepcopy(norms[-1])
     with torch.no_grad():
         for name, p in norm.named_parameters(recurse=False):
             p.fill_(0.0 if name == "bias" else 1.0)
-    return norm
+    return norm.requires_grad_(True)
 
 
 

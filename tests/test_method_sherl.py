@@ -158,3 +158,79 @@ def test_ffn_slots_and_config_checks():
         build("tiny-bert", tap_layers="0,2")  # 2 = the late layer's output: not an input to it
     with pytest.raises(ConfigError, match="gate_position"):
         method.config_class(gate_position="middle")
+
+
+# --- the seq2seq kind, as SHERL's T5 code builds it -----------------------------------------------------------
+def seq2seq(**cfg):
+    module = build_module("sherl", "tiny-t5", head="seq2seq", reduction=4, **cfg)
+    module.eval()  # no dropout: paths compare exactly
+    return module
+
+
+def seq2seq_inputs(module, n=2, length=10):
+    targets = torch.tensor([[0, 5, 6, 7], [0, 8, 9, 1]])[:n]  # teacher forcing, as the LM head's loss feeds it
+    return {**module.inputs(tiny_batch(module.method.backbone, n=n, length=length)), "decoder_input_ids": targets}
+
+
+def test_seq2seq_late_decoder_block_gets_the_stacks_position_bias():
+    """The late block is not the first of its stack, so it owns no relative position bias: the T5 code passes it
+    the bias decoder block 0 computed, not a fresh (all-zero) one."""
+    module = seq2seq()
+    method, bb = module.method, module.method.backbone
+    assert not method.late_layer.layer[0].SelfAttention.has_relative_attention_bias
+    seen = []
+    hook = method.late_layer.register_forward_pre_hook(
+        lambda m, args, kwargs: seen.append(kwargs["position_bias"].detach().clone()) if torch.is_grad_enabled() else None,
+        with_kwargs=True)
+    batch = seq2seq_inputs(module)
+    try:
+        method(batch)
+    finally:
+        hook.remove()
+    T = batch["decoder_input_ids"].shape[1]
+    expected = bb.decoder_layers[0].layer[0].SelfAttention.compute_bias(T, T)
+    assert len(seen) == 1 and expected.abs().max() > 0
+    torch.testing.assert_close(seen[0], expected)
+
+
+def test_seq2seq_both_final_side_norms_train():
+    """The T5 code trains every module named "side", its final side LayerNorms too."""
+    module = build_module("sherl", "tiny-t5", head="seq2seq", reduction=4)
+    method = module.method
+    norms = {f"method.{n}.{p}" for n in ("enc_norm", "dec_norm") for p, _ in getattr(method, n).named_parameters()}
+    assert norms and all(p.requires_grad for p in list(method.enc_norm.parameters()) + list(method.dec_norm.parameters()))
+    changed, _ = one_step(module, tiny_batch(method.backbone, n=4, length=12))
+    assert norms <= changed
+
+
+def test_seq2seq_encoder_guide_is_the_raw_last_block_output():
+    """The T5 code's last encoder tap is the last block's output, before the encoder's final LayerNorm."""
+    module = seq2seq()
+    method, bb = module.method, module.method.backbone
+    raw, read = [], []
+    hooks = [bb.layers[-1].register_forward_hook(lambda m, i, o: raw.append(o[0] if isinstance(o, tuple) else o)),
+             method.adapters[-1].register_forward_pre_hook(lambda m, args: read.append(args[0]))]
+    try:
+        with torch.no_grad():
+            method(seq2seq_inputs(module))
+    finally:
+        for h in hooks:
+            h.remove()
+    assert method.taps[-1] == bb.num_layers and len(raw) == 1 and len(read) == 1
+    torch.testing.assert_close(read[0], raw[0])
+    assert not torch.allclose(bb.finish(raw[0]), raw[0], atol=1e-3)  # the two readings differ on T5
+
+
+def test_paper_layers_are_the_t5_base_scripts_taps():
+    """[1,2,3,5,6,7,9,10,11] are 0-based T5 blocks whose outputs feed an adapter after the embedding output;
+    the decoder drops the late block's own. On a shallower stack: the listed blocks it has."""
+    from methods.sherl.method import SHERL
+
+    assert SHERL.variants["paper-layers"] == {"tap_layers": "paper", "decoder_tap_layers": "paper"}
+    method = build_module("sherl", "tiny-t5", head="seq2seq", reduction=4, tap_layers="paper",
+                          decoder_tap_layers="paper").method
+    assert method.taps == [0, 2] and method.decoder_taps == [0]  # 2 blocks: block 1's output; none below the late one
+    assert build("tiny-bert", tap_layers="Paper").method.taps == [0]  # the classifier kind stops at the late input
+    # what the constructor resolves on T5-base's 12-block stacks
+    assert method._taps("paper", "tap_layers", 12, [], "") == [0, 2, 3, 4, 6, 7, 8, 10, 11, 12]
+    assert method._taps("paper", "decoder_tap_layers", 11, [], "") == [0, 2, 3, 4, 6, 7, 8, 10, 11]

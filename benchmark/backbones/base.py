@@ -21,6 +21,9 @@ class LayerContext:
     attention_mask: torch.Tensor  # [B, L] of 0/1
     additive_mask: torch.Tensor  # [B, 1, 1, L], 0 where attended, dtype-min where masked
     extra: dict[str, Any] = field(default_factory=dict)
+    # the last layer's output before ``finish`` (T5's final LayerNorm), kept by a stack run with
+    # ``keep_raw_last`` (``run_stack``); the same tensor as the finished one where ``finish`` is the identity
+    raw_last: torch.Tensor | None = None
 
 
 class FFNSlot:
@@ -156,12 +159,16 @@ def checkpointed(prepare, run, layer: nn.Module, hidden: torch.Tensor, ctx: Laye
     return checkpoint_call(run, layer, hidden, ctx)
 
 
-def run_stack(hidden: torch.Tensor, layers, ctx: LayerContext, run, finish) -> list[torch.Tensor]:
-    """``hidden`` followed by every layer's output (``run(layer, hidden, ctx)``), the last after ``finish``."""
+def run_stack(hidden: torch.Tensor, layers, ctx: LayerContext, run, finish,
+              keep_raw_last: bool = False) -> list[torch.Tensor]:
+    """``hidden`` followed by every layer's output (``run(layer, hidden, ctx)``), the last after ``finish``;
+    ``keep_raw_last``: the last layer's output before ``finish`` is also kept, in ``ctx.raw_last``."""
     states = [hidden]
     for i, layer in enumerate(layers):
         hidden = run(layer, hidden, ctx)
         if i == len(layers) - 1:
+            if keep_raw_last:
+                ctx.raw_last = hidden
             hidden = finish(hidden)
         states.append(hidden)
     return states
@@ -173,6 +180,9 @@ class Backbone(nn.Module):
 
     seq2seq = False  # the seq2seq kind (``Seq2SeqBackbone``): features are decoder states, read by the LM head
     checkpointing = False  # set by a method's ``checkpointing=true``: ``run_layer`` recomputes in backward
+    # set by a method that reads the last layer's raw output (LST, SHERL: their code taps the last block before
+    # the stack's final LayerNorm): every stack run keeps it in ``ctx.raw_last``. Off, nothing more is held.
+    keep_raw_last = False
 
     def __init__(self, name: str, model: nn.Module, tokenizer, family: Family, pooling: str = "cls"):
         super().__init__()
@@ -182,6 +192,9 @@ class Backbone(nn.Module):
         self.family = family
         self.pooling = pooling
         self.config = model.config
+        # the pretrained model's own parameters, counted before any method adds (LoRA, a side network) or
+        # quantizes anything: the denominator of the papers' trainable percentage (``benchmark.run``)
+        self.own_parameter_count = sum(p.numel() for p in model.parameters())
 
     # --- shape facts -----------------------------------------------------------------------
     @property
@@ -220,10 +233,10 @@ class Backbone(nn.Module):
     def hidden_states(self, batch: dict[str, torch.Tensor],
                       embedded: torch.Tensor | None = None) -> tuple[list[torch.Tensor], LayerContext]:
         """Embedding output (``embedded`` if given) followed by every layer's output (the last one after
-        ``finish``)."""
+        ``finish``; before it in ``ctx.raw_last`` where ``keep_raw_last`` is set)."""
         hidden = self.embed(batch) if embedded is None else embedded
         ctx = self.layer_context(batch["attention_mask"], hidden.dtype)
-        return run_stack(hidden, self.layers, ctx, self.run_layer, self.finish), ctx
+        return run_stack(hidden, self.layers, ctx, self.run_layer, self.finish, self.keep_raw_last), ctx
 
     def salient(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """The per-sample summary token: [CLS] (first token) or the masked mean (config ``pooling``)."""

@@ -57,11 +57,19 @@ class Seq2SeqBackbone(Backbone):
     def decoder_hidden_states(self, batch: dict[str, torch.Tensor], memory: torch.Tensor, memory_mask: torch.Tensor,
                               embedded: torch.Tensor | None = None) -> tuple[list[torch.Tensor], LayerContext]:
         """The decoder's embedding output followed by every decoder layer's output (the last after the
-        decoder's final LayerNorm), cross-attending to ``memory``."""
+        decoder's final LayerNorm; before it in ``ctx.raw_last`` where ``keep_raw_last`` is set), cross-attending
+        to ``memory``."""
         hidden = self.embed_decoder(batch) if embedded is None else embedded
         ctx = self.decoder_context(hidden.shape[1], memory, memory_mask, hidden.dtype,
                                    batch.get("decoder_attention_mask"))
-        return run_stack(hidden, self.decoder_layers, ctx, self.run_decoder_layer, self.finish_decoder), ctx
+        return run_stack(hidden, self.decoder_layers, ctx, self.run_decoder_layer, self.finish_decoder,
+                         self.keep_raw_last), ctx
+
+    def share_decoder_stack_state(self, hidden: torch.Tensor, ctx: LayerContext) -> None:
+        """Put in ``ctx`` what the decoder's first block shares with the rest of its stack (T5's relative
+        position bias), computed as that frozen block computes it, so that a later block run alone in a
+        context of its own (SHERL's late route) sees what it sees inside the stack, not a zero bias."""
+        self.family.prepare_decoder_layer(self.decoder_layers[0], hidden, ctx)
 
     def narrow_decoder_layer(self, reduction: int, layer_index: int = 0) -> nn.Module:
         return self.family.narrow_decoder_layer(self.model, reduction, layer_index)

@@ -40,14 +40,25 @@ late route. One deviation: ``Guidance.fc_attn``'s bias starts at 0 (see there).
 On the seq2seq kind SHERL takes the form of its T5 code (``T5StackEnc`` / ``T5StackDec`` in SHERL's
 ``modeling_side_t5.py``): the route above runs once per stack.
 - Encoder: adapters on the embedding output and every encoder layer output (default taps 0 .. N: the
-  last one guides), ``fc_out(relu(aggregate)) + tanh(g / 0.1) * guide`` (the raw last encoder state),
-  then a trainable final LayerNorm of width d: the side encoder's output.
+  last one guides), ``fc_out(relu(aggregate)) + tanh(g / 0.1) * guide``, then a trainable final LayerNorm
+  of width d: the side encoder's output. Tap N is the last block's raw output, before the encoder's final
+  LayerNorm, as the T5 code reads ``layer_outputs[0]`` (``with_raw_last``).
 - Decoder: adapters on the frozen decoder's embedding output and layer outputs up to its last layer's
   input (default taps 0 .. N_dec - 1), the late route through the backbone's *last decoder block*, which
-  cross-attends to the side encoder's output (so the encoder's side modules learn through it), then a
-  trainable final LayerNorm; the result goes to the frozen LM head. ``gate_position`` and
-  ``train_late_layer`` apply to that decoder block. ``tap_layers`` sets the encoder taps; the decoder
+  cross-attends to the side encoder's output (so the encoder's side modules learn through it) under the
+  stack's relative position bias (computed as the frozen decoder's block 0 computes it, which the T5 code
+  passes on), then a trainable final LayerNorm; the result goes to the frozen LM head. ``gate_position``
+  and ``train_late_layer`` apply to that decoder block. ``tap_layers`` sets the encoder taps; the decoder
   taps are ``decoder_tap_layers`` (a field of ours: the T5 code uses the same layer list for both stacks).
+- Both final side LayerNorms train: the T5 code trains every module named "side" (``final_side_layer_norm``).
+
+The published layer list (``sherl@paper-layers``, spelling ``paper``): SHERL's T5-base GLUE script sets
+``encoder_side_layers = decoder_side_layers = [1,2,3,5,6,7,9,10,11]``, 0-based T5 blocks whose outputs
+feed an adapter, after the embedding output, which always does. Our tap i is the output of block i - 1, so
+the encoder taps 0,2,3,4,6,7,8,10,11,12 (12: block 11's raw output guides) and the decoder, whose code
+drops the blocks from the late one on (``T5StackDec``: ``i < num_layers - 1``), taps 0,2,3,4,6,7,8,10,11
+(11: the late block's input guides). On another depth ``paper`` keeps the listed blocks the stack has, by
+the same rule (the classifier kind's taps stop at the late layer's input, like the decoder's).
 """
 from __future__ import annotations
 
@@ -58,9 +69,11 @@ from torch import nn
 
 from methods.base import ConfigError, Method, MethodConfig
 from methods.side import (check_layers, fresh_norm_like, frozen_decoder_states, frozen_hidden_states,
-                          parse_layers, taps_within)
+                          parse_layers, with_raw_last)
 
 GATE_POSITIONS = ("before_late", "after_late")
+PAPER = "paper"  # a tap-list spelling: the T5-base script's side layers (module doc)
+PAPER_SIDE_LAYERS = (1, 2, 3, 5, 6, 7, 9, 10, 11)  # SHERL's ladder_side_tuning_base.sh, both stacks
 
 
 @dataclass
@@ -73,7 +86,8 @@ class SherlConfig(MethodConfig):
     # setting) puts SHERL near its reported 0.85 % of T5-base (encoder + decoder modules).
     reduction: int = 8
     # tap_layers: indices into the hidden-state list (0 = embedding output, i = output of layer i), at
-    # most num_layers-1 (the late layer's input); the deepest one guides. "" / "all" = 0 .. num_layers-1.
+    # most num_layers-1 (the late layer's input); the deepest one guides. "" / "all" = 0 .. num_layers-1;
+    # "paper": the published T5-base list (module doc).
     tap_layers: str = ""
     gate_temperature: float = 0.1  # reference code: self.gate_T = 0.1
     gate_init: float = 0.0  # reference code: gate_params initialised to 0
@@ -89,8 +103,9 @@ class SherlConfig(MethodConfig):
         self.check(self.gate_temperature > 0, "gate_temperature", "must be > 0")
         self.check(self.gate_position in GATE_POSITIONS, "gate_position", f"must be one of {', '.join(GATE_POSITIONS)}")
         self.check(self.eps > 0, "eps", "must be > 0")
-        check_layers(self, "tap_layers", 'must be "all" or comma-separated layer indices')
-        check_layers(self, "decoder_tap_layers", 'must be "all" or comma-separated layer indices')
+        for name in ("tap_layers", "decoder_tap_layers"):
+            if getattr(self, name).strip().lower() != PAPER:
+                check_layers(self, name, 'must be "all", "paper" or comma-separated layer indices')
 
 
 class GatedFFN(nn.Module):
@@ -147,8 +162,12 @@ class SHERL(Method):
     config_class = SherlConfig
     runs_on_seq2seq = True
     # 2: the late layer is frozen by default, as in the public code (1 trained it)
-    version = 2
-    variants = {"late-layer": {"train_late_layer": "true"}}
+    # 3: seq2seq as the T5 code: the late decoder block gets the stack's position bias (2: zero), both final side
+    # LayerNorms train (2: frozen), the encoder's last tap is the last block's raw output (2: after the final norm);
+    # and the backbone's dropout follows train/eval (``backbone_dropout``), as the reference code trains
+    version = 3
+    variants = {"late-layer": {"train_late_layer": "true"},
+                "paper-layers": {"tap_layers": PAPER, "decoder_tap_layers": PAPER}}  # the T5-base script's taps
     paper_variants = ("late-layer",)  # the previous default, and the base setting of MP-ISMoE's Table 4 rows
 
     def __init__(self, backbone, config: SherlConfig):
@@ -157,8 +176,9 @@ class SHERL(Method):
         self.d_side = max(1, d // config.reduction)
         if backbone.seq2seq:  # the encoder's route has no late layer: every state, the last one guides
             taps = self._taps(config.tap_layers, "tap_layers", n, list(range(n + 1)), "the last encoder layer's output")
+            backbone.keep_raw_last = True  # the last tap is the last block's raw output (module doc)
         else:
-            taps = taps_within(config, backbone, n - 1, "the late layer's input")
+            taps = self._taps(config.tap_layers, "tap_layers", n - 1, list(range(n)), "the late layer's input")
         self.taps = taps
         self.adapters = nn.ModuleList([TapAdapter(d, self.d_side) for _ in taps])
         self.guidance = Guidance(self.d_side, eps=config.eps)
@@ -178,6 +198,8 @@ class SHERL(Method):
             p.requires_grad_(config.train_late_layer)
 
     def _taps(self, spec: str, name: str, last: int, default: list[int], last_means: str) -> list[int]:
+        if spec.strip().lower() == PAPER:  # the embedding output, then each listed block's output the stack has
+            return [0] + [b + 1 for b in PAPER_SIDE_LAYERS if b + 1 <= last]
         taps = parse_layers(spec)
         taps = default if taps is None else taps
         if not taps or taps[0] < 0 or taps[-1] > last:
@@ -227,12 +249,14 @@ class SHERL(Method):
     def forward_seq2seq(self, batch, states, ctx):
         bb, T = self.backbone, self.config.gate_temperature
         mask = ctx.attention_mask
-        side = self.early_route(states)
-        memory = self.enc_norm(side + self.gate() * states[self.taps[-1]].to(side.dtype))  # the side encoder's output
-        dec = frozen_decoder_states(bb, batch, states[-1], mask)
+        taps = with_raw_last(states, ctx)  # the last block's output before the encoder's final LayerNorm
+        side = self.early_route(taps)
+        memory = self.enc_norm(side + self.gate() * taps[self.taps[-1]].to(side.dtype))  # the side encoder's output
+        dec = frozen_decoder_states(bb, batch, states[-1], mask)  # the frozen decoder reads the finished encoder
         side = self.route(dec, self.dec_adapters, self.dec_guidance, self.dec_fc_out, self.decoder_taps)
         gate = torch.tanh(self.dec_gate_param / T)
         dec_ctx = bb.decoder_context(side.shape[1], memory, mask, side.dtype, batch.get("decoder_attention_mask"))
+        bb.share_decoder_stack_state(side, dec_ctx)  # the late block's position bias: the stack's, from block 0
         if self.config.gate_position == "before_late":  # dec[-2]: the frozen input to the last decoder block
             return self.dec_norm(bb.run_decoder_layer(self.late_layer, side + gate * dec[-2].to(side.dtype), dec_ctx))
         return self.dec_norm(bb.run_decoder_layer(self.late_layer, side, dec_ctx)) + gate * dec[-1].to(side.dtype)
