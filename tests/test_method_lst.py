@@ -197,3 +197,49 @@ def test_head_consistent_attention_choice():
     assert pick_attention(score, heads=3, side_heads=2, side_width=8).tolist() == [4, 5, 6, 7, 8, 9, 10, 11]  # whole heads
     assert pick_attention(score, heads=3, side_heads=3, side_width=6).tolist() == [2, 3, 6, 7, 10, 11]  # within heads
     assert pick_attention(score, heads=3, side_heads=1, side_width=3).tolist() == [9, 10, 11]  # one narrow head
+
+
+# --- the last layer's ladders read its raw output (LST's code reads the block's output) ---------------------
+@pytest.mark.parametrize("head", ["classifier", "seq2seq"])
+def test_last_ladders_read_the_raw_last_block_output(head):
+    """On T5 the stack's final LayerNorm follows the last block: the last ladder of each stack reads the block's
+    output before it, as LST's code does."""
+    module = build_module("lst", "tiny-t5", head=head, init="random", reduction=4).eval()
+    method, bb = module.method, module.method.backbone
+    pairs = [(bb.layers[-1], method.ladders[-1])]
+    if head == "seq2seq":
+        pairs.append((bb.decoder_layers[-1], method.dec_ladders[-1]))
+    raw, read, hooks = [], [], []
+    for k, (layer, ladder) in enumerate(pairs):
+        hooks.append(layer.register_forward_hook(lambda m, i, o, k=k: raw.append((k, o[0] if isinstance(o, tuple) else o))))
+        hooks.append(ladder.register_forward_pre_hook(lambda m, args, k=k: read.append((k, args[0]))))
+    batch = module.inputs(tiny_batch(bb, n=2, length=10))
+    if head == "seq2seq":
+        batch["decoder_input_ids"] = torch.tensor([[0, 5, 6, 7], [0, 8, 9, 1]])
+    try:
+        with torch.no_grad():
+            method(batch)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert method.source_layers[-1] == bb.num_layers - 1 and len(raw) == len(read) == len(pairs)
+    for (k, r), (k2, x) in zip(sorted(raw, key=lambda t: t[0]), sorted(read, key=lambda t: t[0])):
+        torch.testing.assert_close(x, r)
+        assert not torch.allclose(bb.finish(r), r, atol=1e-3)  # the finished state would differ
+
+
+def test_final_norms_train_on_seq2seq():
+    module = build_module("lst", "tiny-t5", head="seq2seq", init="random", reduction=4)
+    m = module.method
+    norms = {f"method.{n}.{p}" for n in ("final_norm", "dec_final_norm") for p, _ in getattr(m, n).named_parameters()}
+    changed, _ = one_step(module, tiny_batch(m.backbone, n=4, length=12))
+    assert norms and norms <= changed
+
+
+def test_paper_layers_drop_0_4_8_where_the_backbone_has_them():
+    from methods.lst.method import LST
+
+    assert LST.variants["paper-layers"] == {"drop_layers": "paper"}
+    assert build("tiny-bert", drop_layers="paper").method.source_layers == [1]  # 2 layers: 0 dropped
+    m = build_module("lst", "tiny-t5", head="seq2seq", init="random", drop_layers="paper").method
+    assert m.source_layers == m.decoder_source_layers == [1]

@@ -14,7 +14,10 @@ are kept for backward, and gradients flow only through the side network and the 
   backbone layer i, Down_i a Linear(d -> d/r) with bias, mu_i = sigmoid(alpha_i / T), T = 0.1,
   alpha_i = 0 at init (every gate starts at 0.5). As in LST's code.
 - Layer dropping: ``drop_layers`` names backbone layers that get no side layer and no ladder (LST
-  keeps 9 of T5-base's 12: drops 0, 4, 8). Default: none, the 6-layer MiniLM keeps all six.
+  keeps 9 of T5-base's 12: drops 0, 4, 8; ``lst@paper-layers``, spelling ``paper``: those of 0, 4, 8 the
+  backbone has, in both stacks on seq2seq). Default: none, the 6-layer MiniLM keeps all six.
+- Ladder sources are raw block outputs: the last layer's ladder reads its output before the stack's final
+  LayerNorm (T5), as LST's code reads the block's output (``with_raw_last``); the identity on BERT-like ones.
 - Output: a final LayerNorm of the side layers' own type (T5: RMS norm), the backbone's salient
   pooling of the side tokens ([CLS] or masked mean), then the up-projection Linear(d/r -> d) to the
   feature the task head reads. Pooling before the up-projection equals pooling after it (affine map,
@@ -50,10 +53,13 @@ from torch import nn
 
 from methods.base import ConfigError, Method, MethodConfig
 from methods.lst.pruning import PrunePlan, fisher_prune_init, fisher_prune_init_seq2seq
-from methods.side import check_layers, fresh_norm_like, frozen_decoder_states, frozen_hidden_states, parse_layers
+from methods.side import (check_layers, fresh_norm_like, frozen_decoder_states, frozen_hidden_states, parse_layers,
+                          with_raw_last)
 
 INIT_CHOICES = ("fisher", "random")
 NO_LAYERS = ("", "none")  # drop_layers spellings of "drop none"
+PAPER = "paper"  # the drop_layers spelling of LST's T5-base list, PAPER_DROPPED
+PAPER_DROPPED = (0, 4, 8)  # LST's T5-base GLUE layer dropping (docs/methods.md)
 
 
 @dataclass
@@ -63,7 +69,7 @@ class LSTConfig(MethodConfig):
     lr_range = (3e-4, 3e-2)  # make tune's search, around LST's 3e-3
     lr: float = 3e-3  # LST's GLUE setting (docs/methods.md)
     reduction: int = 8  # r: every side width is d / r; 8 for T5-base GLUE (docs/methods.md)
-    drop_layers: str = ""  # backbone layers with no side layer, e.g. "0,4,8" (LST on T5-base); "" = none
+    drop_layers: str = ""  # backbone layers with no side layer, e.g. "0,4,8" (LST on T5-base); "" = none; "paper"
     init: str = "fisher"  # fisher | random: side weights from Fisher-ranked pruning of the backbone, or fresh
     fisher_samples: int = 1024  # training samples for the Fisher ranking (docs/methods.md)
     gate_temperature: float = 0.1  # T in mu_i = sigmoid(alpha_i / T) (docs/methods.md)
@@ -74,18 +80,26 @@ class LSTConfig(MethodConfig):
         self.check(self.init in INIT_CHOICES, "init", "must be fisher or random")
         self.check(self.fisher_samples >= 1, "fisher_samples", "must be >= 1")
         self.check(self.gate_temperature > 0, "gate_temperature", "must be > 0")
-        check_layers(self, "drop_layers", 'must be comma-separated layer indices such as "0,4,8", or ""',
-                     NO_LAYERS)
+        if self.drop_layers.strip().lower() != PAPER:
+            check_layers(self, "drop_layers", 'must be comma-separated layer indices such as "0,4,8", "paper", or ""',
+                         NO_LAYERS)
 
 
 class LST(Method):
     config_class = LSTConfig
     runs_on_seq2seq = True
+    # 2: the last layer's ladders read its raw output, before T5's final LayerNorm (1: after it); the backbone's
+    # dropout follows train/eval (``backbone_dropout``), as the reference code trains
+    version = 2
+    variants = {"paper-layers": {"drop_layers": PAPER}}  # LST's T5-base layer dropping
 
     def __init__(self, backbone, config: LSTConfig):
         super().__init__(backbone, config)
         d, n = backbone.hidden_size, backbone.num_layers
-        dropped = parse_layers(config.drop_layers, NO_LAYERS) or []
+        backbone.keep_raw_last = True  # the last ladder reads the last block's raw output (module doc)
+        paper = config.drop_layers.strip().lower() == PAPER
+        depth = min(n, backbone.num_decoder_layers) if backbone.seq2seq else n
+        dropped = [i for i in PAPER_DROPPED if i < depth] if paper else parse_layers(config.drop_layers, NO_LAYERS) or []
         if any(i < 0 or i >= n for i in dropped) or len(dropped) >= n:
             raise ConfigError(f"bad config value drop_layers={config.drop_layers!r}: indices must lie in "
                               f"[0, {n - 1}] and keep at least one layer of backbone {backbone.name!r}")
@@ -158,12 +172,12 @@ class LST(Method):
         states, ctx = frozen_hidden_states(bb, batch)
         mask = ctx.attention_mask
         side_ctx = bb.layer_context(mask, self.up.weight.dtype)  # the side stack's own (T5 position bias)
-        h = self.ladder_stack(states, self.embed_down, self.ladders, self.side_layers, self.gate_alpha,
-                              self.source_layers, side_ctx, bb.run_layer)
+        h = self.ladder_stack(with_raw_last(states, ctx), self.embed_down, self.ladders, self.side_layers,
+                              self.gate_alpha, self.source_layers, side_ctx, bb.run_layer)
         if not bb.seq2seq:
             return self.up(bb.salient(self.final_norm(h), mask))
         memory = self.final_norm(h)  # what the side decoder cross-attends to
-        dec_states = frozen_decoder_states(bb, batch, states[-1], mask)
+        dec_states = frozen_decoder_states(bb, batch, states[-1], mask, raw_last=True)  # reads the finished encoder
         dec_ctx = bb.decoder_context(dec_states[0].shape[1], memory, mask, memory.dtype,
                                      batch.get("decoder_attention_mask"))
         hd = self.ladder_stack(dec_states, self.dec_embed_down, self.dec_ladders, self.dec_side_layers,
