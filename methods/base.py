@@ -128,10 +128,11 @@ class Method(nn.Module):
     @classmethod
     def row_label(cls, name: str, variant: str) -> str:
         """A memory-table row's label: the method, its own variant's name, or ``<method>@<variant>`` for a
-        variant every method has (its bare name would not say whose row it is)."""
+        variant several methods have (its bare name would not say whose row it is)."""
         if not variant:
             return name
-        return f"{name}@{variant}" if variant in GENERIC_VARIANTS and variant not in cls.variants else variant
+        shared = variant in NO_BACKBONE_DROPOUT or (variant in GENERIC_VARIANTS and variant not in cls.variants)
+        return f"{name}@{variant}" if shared else variant
 
     def train(self, mode: bool = True):
         super().train(mode)

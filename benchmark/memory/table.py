@@ -36,8 +36,8 @@ def memory_rows() -> list[tuple[str, str, dict[str, str]]]:
     rows = []
     for name, cls in METHODS.items():
         rows.append((name, name, {}))
-        for label, extra in cls.variants.items():
-            rows.append((label, name, dict(extra)))
+        for variant, extra in cls.variants.items():
+            rows.append((cls.row_label(name, variant), name, dict(extra)))
         for variant, extra in GENERIC_VARIANTS.items():  # every method's (checkpointing): "<method>@<variant>"
             rows.append((f"{name}@{variant}", name, dict(extra)))
     return rows
