@@ -12,7 +12,8 @@ Layout (``SCHEMA_VERSION`` 1)::
              git_commit, git_dirty, wandb_run_id, config, started_at, finished_at},
      "metrics": {primary: "score", higher_is_better, val_best: {name: float}, test: {name: float},
                  val_curve: [{step, seconds, score}, ...]},
-     "efficiency": {trainable_params, total_params, trainable_percent, backbone_storage_bytes,
+     "efficiency": {trainable_params, total_params, [backbone_params], trainable_percent,
+                    [trainable_percent_of_total], backbone_storage_bytes,
                     checkpoint_bytes, peak_train_bytes, peak_source, memory_breakdown, tracker_peak_bytes,
                     cuda_max_allocated, cuda_max_reserved, step_seconds, samples_per_second, total_seconds,
                     batch_size, max_length, precision, device, num_processes},
@@ -64,7 +65,10 @@ EFFICIENCY_FIELDS = {
 # train_steps: optimizer steps trained (where an until-plateau run stopped); absent in older records
 # steps_per_epoch: training batches per epoch (what cost estimates scale by); absent in older records
 # segments: > 1 when resumed; earlier_seconds: the training time of the segments before the last (in total_seconds)
-EFFICIENCY_OPTIONAL = {"train_steps": "int", "steps_per_epoch": "int", "segments": "int", "earlier_seconds": "num"}
+# backbone_params: the backbone's own parameters, trainable_percent's denominator (the papers'); with it,
+# trainable_percent_of_total = 100 * trainable / total. Records without it divide trainable_percent by the total.
+EFFICIENCY_OPTIONAL = {"train_steps": "int", "steps_per_epoch": "int", "segments": "int", "earlier_seconds": "num",
+                       "backbone_params": "int", "trainable_percent_of_total": "num"}
 ENV_FIELDS = {"python": "str?", "platform": "str?", **{p: "str?" for p in PACKAGES}, "device_name": "str?",
               "cpu_threads": "int?"}
 # packages whose version records carry since they joined the suite (older records lack them)

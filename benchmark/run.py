@@ -187,8 +187,12 @@ def parameter_counts(module, method) -> dict:
 
     trainable = sum(q.numel() for q in module.parameters() if q.requires_grad)
     total = logical_parameter_count(module)
-    return {"trainable_params": trainable, "total_params": total,
-            "trainable_percent": 100.0 * trainable / max(total, 1),
+    backbone = method.backbone.own_parameter_count
+    # the papers' percentage (LST's code divides by the backbone's own parameters); the share of the whole
+    # model, side network and head included, is kept beside it
+    return {"trainable_params": trainable, "total_params": total, "backbone_params": backbone,
+            "trainable_percent": 100.0 * trainable / max(backbone, 1),
+            "trainable_percent_of_total": 100.0 * trainable / max(total, 1),
             "backbone_storage_bytes": method.backbone_storage_bytes()}
 
 

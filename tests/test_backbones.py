@@ -68,3 +68,42 @@ def test_unreachable_hub_fails_fast(monkeypatch, tmp_path):
         load_backbone("some-user/some-model-that-is-not-cached")
     assert time.time() - t0 < 5
     assert "unreachable" in str(e.value) and "\n" not in str(e.value)
+
+
+# --- the last layer's raw output, for the methods whose code reads it (LST, SHERL) --------------------------
+def _batch(bb):
+    batch = tiny_batch(bb, n=2, length=10)
+    batch.pop("labels")
+    return batch
+
+
+def test_raw_last_is_the_finished_state_where_finish_is_the_identity():
+    """BERT-like stacks end with their last layer: the raw reading is the same tensor (MiniLM's rows unchanged)."""
+    bb = load_backbone("tiny-bert")
+    bb.keep_raw_last = True
+    with torch.no_grad():
+        states, ctx = bb.hidden_states(_batch(bb))
+    assert ctx.raw_last is states[-1]
+
+
+@pytest.mark.parametrize("head", ["classifier", "seq2seq"])
+def test_raw_last_is_the_last_blocks_output_before_t5s_final_norm(head):
+    torch.manual_seed(0)
+    bb = load_backbone("tiny-t5", head=head).eval()
+    batch = _batch(bb)
+    with torch.no_grad():
+        plain, ctx0 = bb.hidden_states(batch)
+        bb.keep_raw_last = True
+        states, ctx = bb.hidden_states(batch)
+        stacks = [(plain, states, ctx, ctx0, bb.finish)]
+        if head == "seq2seq":
+            batch["decoder_input_ids"] = torch.tensor([[0, 5, 6, 7], [0, 8, 9, 1]])
+            dec, dctx = bb.decoder_hidden_states(batch, states[-1], batch["attention_mask"])
+            bb.keep_raw_last = False
+            dec0, dctx0 = bb.decoder_hidden_states(batch, plain[-1], batch["attention_mask"])
+            stacks.append((dec0, dec, dctx, dctx0, bb.finish_decoder))
+    for before, after, kept, unkept, finish in stacks:
+        assert unkept.raw_last is None  # off: nothing more is held
+        assert all(torch.equal(a, b) for a, b in zip(before, after))  # the states every method reads: unchanged
+        torch.testing.assert_close(finish(kept.raw_last), after[-1])
+        assert not torch.allclose(kept.raw_last, after[-1], atol=1e-3)

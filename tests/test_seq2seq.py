@@ -263,3 +263,41 @@ def test_vl_tasks_without_a_word_form_are_one_line_on_seq2seq():
     with pytest.raises(UserError, match="no text-to-text format") as e:
         TaskDataModule(TASKS.get("vqa"), None, max_length=16, batch_size=2, eval_batch_size=2, text_to_text=True)
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("head", ["seq2seq", "classifier"])
+@pytest.mark.parametrize("method", ["unipt", "side_tuning"])
+def test_methods_that_read_the_finished_last_state_are_unchanged_by_the_raw_reading(method, head):
+    """Only LST and SHERL read the last block's raw output; the others read the stack's finished output as
+    before, whether or not the backbone keeps the raw one beside it."""
+    module = build_module(method, "tiny-t5", head=head, **CONFIG[method]).eval()
+    bb = module.method.backbone
+    assert not bb.keep_raw_last
+    batch = module.inputs(tiny_batch(bb, n=2, length=10))
+    if head == "seq2seq":
+        batch["decoder_input_ids"] = torch.tensor([[0, 5, 6, 7], [0, 8, 9, 1]])
+    with torch.no_grad():
+        before = module.method(batch)
+        bb.keep_raw_last = True
+        after = module.method(batch)
+    assert torch.equal(before, after)
+
+
+def test_mpismoe_prior_reads_the_finished_last_state():
+    """MP-ISMoE's prior reads the backbone's final output (after T5's final LayerNorm), though its SHERL base reads
+    the raw one."""
+    module = build_module("mpismoe", "tiny-t5", head="seq2seq", **CONFIG["mpismoe"]).eval()
+    m = module.method
+    bb = m.backbone
+    assert bb.keep_raw_last and m.moes and any(moe.use_prior for moe in m.moes)
+    seen = []
+    for moe in m.moes:
+        moe.set_prior_input = lambda h, f=moe.set_prior_input: (seen.append(h), f(h))[1]
+    batch = module.inputs(tiny_batch(bb, n=2, length=10))
+    batch["decoder_input_ids"] = torch.tensor([[0, 5, 6, 7], [0, 8, 9, 1]])
+    with torch.no_grad():
+        m(batch)
+        states, ctx = bb.hidden_states(batch)
+    expected = bb.salient(states[-1], batch["attention_mask"])
+    assert seen and all(torch.allclose(h, expected) for h in seen)
+    assert not torch.allclose(bb.salient(ctx.raw_last, batch["attention_mask"]), expected, atol=1e-3)
