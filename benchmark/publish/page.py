@@ -210,7 +210,7 @@ def render_page(df: pd.DataFrame, figures: list[dict] = (), tables: list = (), r
 <body>
 <h1>metl-bench: accuracy vs peak training memory</h1>
 <p class="note">Test score: mean ± sample std over seeds (fractions in percent), n = seeds. Memory: peak training
-bytes / 1024^3 (GiB); compare memory only within one backbone and device. ★ = Pareto front of score vs memory
+bytes / 1024^3 (GiB); compare memory only within one backbone and device. params % = trainable parameters (task head included) / the backbone's own, as the papers count. ★ = Pareto front of score vs memory
 within a task, version, backbone, budget (epochs, batch, length, subsets; plateau = until validation stops improving; tuned = the make tune values) and device. Click a header to sort (again to reverse); the view is kept in the
 URL hash. {link_html}</p>
 {report}
