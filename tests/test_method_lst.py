@@ -243,3 +243,14 @@ def test_paper_layers_drop_0_4_8_where_the_backbone_has_them():
     assert build("tiny-bert", drop_layers="paper").method.source_layers == [1]  # 2 layers: 0 dropped
     m = build_module("lst", "tiny-t5", head="seq2seq", init="random", drop_layers="paper").method
     assert m.source_layers == m.decoder_source_layers == [1]
+
+
+def test_paper_layers_memory_rows_say_whose_they_are():
+    """LST and SHERL both have a ``paper-layers`` variant: one memory row each, labelled by method."""
+    from collections import Counter
+
+    from benchmark.memory.table import memory_rows
+
+    labels = Counter(label for label, _, _ in memory_rows())
+    assert labels["lst@paper-layers"] == labels["sherl@paper-layers"] == 1 and "paper-layers" not in labels
+    assert all(n == 1 for n in labels.values())

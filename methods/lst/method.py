@@ -93,6 +93,11 @@ class LST(Method):
     version = 2
     variants = {"paper-layers": {"drop_layers": PAPER}}  # LST's T5-base layer dropping
 
+    @classmethod
+    def row_label(cls, name: str, variant: str) -> str:
+        """``paper-layers`` is LST's and SHERL's: its memory row says whose (``<method>@paper-layers``)."""
+        return f"{name}@{variant}" if variant == "paper-layers" else super().row_label(name, variant)
+
     def __init__(self, backbone, config: LSTConfig):
         super().__init__(backbone, config)
         d, n = backbone.hidden_size, backbone.num_layers

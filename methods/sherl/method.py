@@ -168,6 +168,11 @@ class SHERL(Method):
     version = 3
     variants = {"late-layer": {"train_late_layer": "true"},
                 "paper-layers": {"tap_layers": PAPER, "decoder_tap_layers": PAPER}}  # the T5-base script's taps
+
+    @classmethod
+    def row_label(cls, name: str, variant: str) -> str:
+        """``paper-layers`` is LST's and SHERL's: its memory row says whose (``<method>@paper-layers``)."""
+        return f"{name}@{variant}" if variant == "paper-layers" else super().row_label(name, variant)
     paper_variants = ("late-layer",)  # the previous default, and the base setting of MP-ISMoE's Table 4 rows
 
     def __init__(self, backbone, config: SherlConfig):
