@@ -58,7 +58,7 @@ def test_prior_is_one_per_sample_and_normalised():
     moe = make(num_experts=4, norm="softmax")
     c = moe.prior()
     assert c.shape == (3, 4)
-    torch.testing.assert_close(c.exp().sum(-1), torch.ones(3))  # log-probabilities: a distribution per sample
+    torch.testing.assert_close(c.sum(-1), torch.ones(3))  # Eq. 8's c: a distribution per sample
 
 
 def test_experts_start_as_perturbed_copies():
@@ -83,31 +83,80 @@ def test_load_balance_loss_is_off_by_default_and_positive_when_on():
 
 
 def oracle(moe: ISMoE, x: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
-    """The spec, token by token, written without ``routing()``: logits W_g x, the prior in logit space
-    (log_softmax(h0 r^T) for the softmax norm), keep the top-k logits, softmax over the kept ones only,
-    mix the chosen experts' outputs."""
+    """The spec, token by token, written without ``routing()``: logits W_g x; with the prior, Eq. 8's
+    (softmax(logits) + softmax(h0 r^T)) / 2, or in the logit form logits + log_softmax(h0 r^T); keep the
+    top-k scores, softmax over the kept ones only, mix the chosen experts' outputs."""
     B, L, _ = x.shape
     out = []
     for b in range(B):
-        prior = torch.log_softmax(h0[b] @ moe.expert_tokens.t(), dim=-1) if moe.use_prior else 0.0
+        prior_logits = h0[b] @ moe.expert_tokens.t() if moe.use_prior else None
         for t in range(L):
-            logits = (moe.router.weight @ x[b, t]) + prior
-            order = sorted(range(moe.num_experts), key=lambda e: -float(logits[e]))[: moe.top_k]
-            kept = torch.stack([logits[e] for e in order])
+            logits = moe.router.weight @ x[b, t]
+            if prior_logits is None:
+                scores = logits
+            elif moe.prior_form == "eq8":
+                scores = (torch.softmax(logits, -1) + torch.softmax(prior_logits, -1)) / 2
+            else:
+                scores = logits + torch.log_softmax(prior_logits, -1)
+            order = sorted(range(moe.num_experts), key=lambda e: -float(scores[e]))[: moe.top_k]
+            kept = torch.stack([scores[e] for e in order])
             w = torch.exp(kept - kept.max())
             w = w / w.sum()
             out.append(sum(w[i] * moe.experts[e](x[b, t]) for i, e in enumerate(order)))
     return torch.stack(out).reshape(B, L, -1)
 
 
+@pytest.mark.parametrize("form", ["eq8", "logit"])
 @pytest.mark.parametrize("k,use_prior", [(1, True), (2, True), (3, True), (2, False)])
-def test_forward_matches_an_independent_oracle_of_the_spec(k, use_prior):
-    moe = make(num_experts=4, top_k=k, use_prior=use_prior)
+def test_forward_matches_an_independent_oracle_of_the_spec(k, use_prior, form):
+    moe = make(num_experts=4, top_k=k, use_prior=use_prior, prior_form=form)
     h0 = torch.randn(3, 12)
     moe.set_prior_input(h0)
     x = torch.randn(3, 5, 8)
     with torch.no_grad():
         torch.testing.assert_close(moe(x), oracle(moe, x, h0), rtol=1e-5, atol=1e-6)
+
+
+def _routed(form: str, router_probs: list[float], prior_probs: list[float], k: int = 1):
+    """An ISMoE whose router gives ``router_probs`` and whose prior is ``prior_probs`` on one token."""
+    n = len(router_probs)
+    moe = ISMoE(ffn(n), d_in=n, prior_dim=n, num_experts=n, top_k=k, prior_form=form)
+    with torch.no_grad():
+        moe.router.weight.copy_(torch.diag(torch.tensor(router_probs).log()))
+        moe.expert_tokens.copy_(torch.eye(n))
+    moe.set_prior_input(torch.tensor([prior_probs]).log())
+    x = torch.ones(1, 1, n)
+    with torch.no_grad():
+        return moe.routing(x)
+
+
+def test_the_default_router_is_eq8_and_picks_other_experts_than_the_logit_form():
+    """A confident router (expert 0) and a prior that rules expert 0 out: Eq. 8's mean of the two
+    distributions keeps expert 0 (0.98 / 2 against 0.53 / 2), their product (the logit form) does not."""
+    router, prior = [0.98, 0.02, 1e-6], [1e-6, 0.51, 0.49]
+    assert ISMoE(ffn(), d_in=8, prior_dim=4).prior_form == "eq8"
+    _, eq8, _ = _routed("eq8", router, prior)
+    _, logit, _ = _routed("logit", router, prior)
+    assert int(eq8[0, 0]) == 0 and int(logit[0, 0]) == 1
+    # k = 2: Eq. 8's weights are the softmax over the kept means (squeezed), as Eq. 6 applies it
+    w, idx, _ = _routed("eq8", router, prior, k=2)
+    kept = torch.tensor([(0.98 + 1e-6) / 2, (0.02 + 0.51) / 2])
+    assert idx[0].tolist() == [0, 1]
+    torch.testing.assert_close(w[0], kept.softmax(-1), rtol=1e-4, atol=1e-5)
+
+
+def test_the_method_builds_its_router_in_the_configured_form():
+    from methods.mpismoe.method import MPISMoEConfig
+    from methods.base import ConfigError
+
+    assert MPISMoEConfig().prior_form == "eq8"
+    with pytest.raises(ConfigError, match="prior_form"):
+        MPISMoEConfig(prior_form="product")
+    from helpers import build_module
+
+    for form in ("eq8", "logit"):
+        m = build_module("mpismoe", quantize_backbone=False, prior_form=form).method
+        assert {moe.prior_form for moe in m.moes} == {form}
 
 
 def test_mixing_weights_are_not_squeezed():

@@ -383,8 +383,9 @@ def test_named_experiments_are_valid_configs_and_memory_rows():
     from methods.mpismoe.experiments import EXPERIMENTS
     from methods.mpismoe.method import MPISMoE, MPISMoEConfig
 
-    for name in ("table3-base", "table3-moe-no-prior", "table3-moe-prior", "table4-full-precision",
-                 "table4-unified-low-precision", "table4-mixed-precision", "table4-mixed-noise"):
+    for name in ("table3-base", "table3-moe-no-prior", "table3-moe-prior", "table4-unified-low-precision",
+                 "table4-mixed-precision", "table4-mixed-noise", "ext-sherl-table3-base", "ext-sherl-table3-moe-prior",
+                 "ext-sherl-table4-full-precision", "ext-sherl-table4-mixed-noise", "mpismoe-prior-logit"):
         assert name in EXPERIMENTS and EXPERIMENTS[name].about
     assert MPISMoE.variants == {n: e.overrides for n, e in EXPERIMENTS.items()}
     rows = {label: (method, extra) for label, method, extra in memory_rows()}
@@ -418,15 +419,43 @@ def test_each_ablation_row_differs_from_the_row_before_by_exactly_its_switch():
     # every row resolves to a configuration of its own: no row's runs can stand in for another's
     configs = [resolved(EXPERIMENTS[r].overrides) for r in PAPER_ROWS] + [resolved({})]
     assert all(a != b for i, a in enumerate(configs) for b in configs[i + 1:])
+    assert len(PAPER_ROWS) == len(configs) - 1 <= 14  # the paper's rows and our SHERL extension, once each
 
 
-def test_table3_base_is_sherl_as_published():
+def test_the_paper_tables_run_on_unipt_and_table4_without_ismoe():
+    """The paper's setting (issue 33): both tables on a UniPT base, ISMoE ablated on the full-precision
+    backbone, GNP-IQ ablated without ISMoE, Table 4's first row Table 3's; the mixed-precision rows train
+    fp32 LayerNorms and the noise row perturbs the backbone itself. The SHERL chain is the extension."""
+    from methods.mpismoe import CARDS
+    from methods.mpismoe.experiments import EXPERIMENTS, TABLE_CHAINS
+
+    t3, t4, ext3, ext4 = TABLE_CHAINS
+    rows = {name: resolved(EXPERIMENTS[name].overrides) for chain in TABLE_CHAINS for name in chain}
+    assert all(rows[n]["base"] == "unipt" for n in t3 + t4) and all(rows[n]["base"] == "sherl" for n in ext3 + ext4)
+    assert t4[0] == t3[0] == "table3-base"
+    assert all(not rows[n]["quantize_backbone"] for n in t3)
+    assert all(not rows[n]["moe"] and not rows[n]["prior"] for n in t4)
+    assert [rows[n]["train_layernorm"] for n in t4] == [False, False, True, True]
+    assert rows["table4-mixed-noise"]["noise_on"] == "backbone" and rows["table4-mixed-noise"]["noise"]
+    assert all(rows[n]["moe"] and rows[n]["base.train_late_layer"] for n in ext4[1:])
+    assert all(n.startswith("ext-sherl-") for n in ext3 + ext4)
+    tables = {t.label: t for t in CARDS[0].tables}
+    assert [n for n, _ in tables["Table 3"].rows] == list(t3) and [n for n, _ in tables["Table 4"].rows] == list(t4)
+    assert tables["Table 4"].rows[0][1].startswith("Table 4 row 1: full precision")
+    for t in tables.values():  # each table's own rows carry its prefix (the publisher's ablation labels)
+        assert all(n.startswith(t.prefix) for n, _ in t.rows[1 if t.label == "Table 4" else 0:])
+
+
+def test_table3_base_is_unipt_and_the_extension_base_is_sherl_as_published():
     from benchmark.config import as_dict
+    from methods.mpismoe.experiments import EXPERIMENTS
     from methods.sherl.method import SherlConfig
+    from methods.unipt.method import UniPTConfig
 
-    base = resolved(__import__("methods.mpismoe.experiments", fromlist=["x"]).EXPERIMENTS["table3-base"].overrides)
-    assert {k[5:]: v for k, v in base.items() if k.startswith("base.")} == as_dict(SherlConfig())
-    assert not base["moe"] and not base["quantize_backbone"] and base["base"] == "sherl"
+    for name, base_name, cfg in (("table3-base", "unipt", UniPTConfig()), ("ext-sherl-table3-base", "sherl", SherlConfig())):
+        base = resolved(EXPERIMENTS[name].overrides)
+        assert {k[5:]: v for k, v in base.items() if k.startswith("base.")} == as_dict(cfg)
+        assert not base["moe"] and not base["quantize_backbone"] and base["base"] == base_name
     assert not SherlConfig().train_late_layer  # the public code trains only the side modules
 
 
@@ -472,3 +501,44 @@ def test_training_stats_log_router_entropy_load_and_the_noise():
     assert any(k.endswith("/router_entropy") for k in stats) and "moe0/expert0" in stats
     noise = {k for k in stats if k.startswith("gnpiq/")}
     assert noise == {f"gnpiq/{n}/{s}" for n in module.method.noisy for s in ("mu", "sigma")}
+
+
+# --- seq2seq ---------------------------------------------------------------------------------------
+def test_t5s_tied_lm_head_is_quantized_stored_and_counted_once():
+    """T5 ties its LM head to ``shared``: one quantized table in both places, counted and stored once, and
+    the head still computes the (dequantized) table's logits."""
+    from methods.base import logical_parameter_count
+    from methods.mpismoe.qlinear import TiedQuantLinear
+
+    cfg = {"base_overrides": {"reduction": "4"}}
+    q = build_module("mpismoe", "tiny-t5", head="seq2seq", **cfg).method
+    fp = build_module("mpismoe", "tiny-t5", head="seq2seq", quantize_backbone=False, **cfg).method
+    model = q.backbone.model
+    assert fp.backbone.model.lm_head.weight is fp.backbone.model.shared.weight  # tied in the fp32 model
+    assert isinstance(model.lm_head, TiedQuantLinear) and model.lm_head.table is model.shared
+    assert q.quant_stats["tied"] == 1
+    assert logical_parameter_count(q) == logical_parameter_count(fp)
+    assert storage_from_tensors(q.backbone) == q.backbone_storage_bytes()
+    assert q.backbone_storage_bytes() < fp.backbone_storage_bytes() / 3  # 8 bits, the table stored once
+    x = torch.randn(2, 3, model.config.d_model, requires_grad=True)
+    y = model.lm_head(x)
+    torch.testing.assert_close(y, x @ model.shared.dequantize().t())
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, torch.ones_like(y) @ model.shared.dequantize())
+
+
+def test_lst_base_runs_and_prepares_on_seq2seq():
+    """MP-ISMoE on LST on the seq2seq kind: the Fisher init reads every layer of both stacks, the
+    decoder's too, dequantized for the time of the init and quantized again after it."""
+    from methods.mpismoe.qlinear import QuantLinear
+
+    module = build_module("mpismoe", "tiny-t5", head="seq2seq", base="lst",
+                          base_overrides={"reduction": "2", "fisher_samples": "8"})
+    m = module.method
+    m.prepare([tiny_batch(m.backbone, n=4, length=10, seed=s) for s in range(2)], toy_task())
+    assert m.base.prune_plan is not None and m.base.decoder_prune_plan is not None
+    for layer in list(m.backbone.layers) + list(m.backbone.decoder_layers):
+        assert not any(type(x) is nn.Linear for x in layer.modules())
+        assert any(isinstance(x, QuantLinear) for x in layer.modules())
+    changed, _ = one_step(module, tiny_batch(m.backbone, n=2, length=10))
+    assert changed and all(is_side(n) for n in changed)

@@ -5,16 +5,22 @@ Each token is routed to its top-k experts; the routing is refined by an interact
 once per sample from the frozen backbone's salient token h0 and N learnable expert tokens r:
 
     router logits   g(x) = W_g x                  [tokens, N]
-    prior (logits)  c = Norm(h0 r^T)              [samples, N], shared by a sample's tokens
-    refined logits  g'(x) = g(x) + c
-    keep the top-k of g'(x), G = softmax over the kept logits, output = sum_{i in top-k} G_i(x) E_i(x)
+    prior           c = Norm(h0 r^T)              [samples, N], shared by a sample's tokens
 
-The paper writes the refinement as (softmax(g) + c) / 2 on probabilities and then "top-k and softmax";
-taking a softmax of probabilities squeezes the mixing weights (with k = 2 they stay within 0.27-0.73
-whatever the router learns), so the prior is added in logit space instead: with ``norm="softmax"``
-c = log_softmax(h0 r^T), and softmax over the kept g + c is the renormalised product softmax(g) * c
-of the two distributions (the logit-space counterpart of averaging them); ``l2`` / ``layernorm`` add the
-normalised prior logits as they are.
+and then one of two refinements (``prior_form``):
+
+- ``eq8`` (default, the paper's Eq. 8 as written): g'(x) = (softmax(g(x)) + c) / 2, the mean of the
+  router's and the prior's distributions (with Norm = softmax); keep the top-k of g', G = softmax over
+  the kept entries (Eq. 6), output = sum_{i in top-k} G_i(x) E_i(x). The softmax acts on values in
+  [0, 1], so the mixing weights stay close to uniform (k = 2: within 0.27-0.73).
+- ``logit`` (a variant, our reading): g'(x) = g(x) + c in logit space, with c = log_softmax(h0 r^T)
+  for Norm = softmax, so the kept-entry softmax is the renormalised product softmax(g) * softmax(h0 r^T)
+  and the weights are not squeezed. It exists because Eq. 8 bounds the mixing weights and this form
+  does not, so the two are an ablation of that choice; a confident prior picks other experts here than
+  under Eq. 8 (a product vetoes an expert either distribution rules out, a mean does not).
+
+Without the prior both are Eq. 6: top-k of g, softmax over the kept logits. ``l2`` / ``layernorm``
+norms use the normalised prior logits as they are, in either form.
 
 Dispatch is sparse: an expert runs only on the tokens routed to it, so only those activations are
 kept for backward. ``dense_forward`` runs every expert on every token and masks: the test oracle.
@@ -28,18 +34,22 @@ import torch.nn.functional as F
 from torch import nn
 
 NORMS = ("softmax", "l2", "layernorm")
+PRIOR_FORMS = ("eq8", "logit")
 
 
 class ISMoE(nn.Module):
     def __init__(self, expert: nn.Module, d_in: int, prior_dim: int, num_experts: int = 4, top_k: int = 2,
                  use_prior: bool = True, norm: str = "softmax", perturb_std: float = 0.01,
-                 balance_coef: float = 0.0):
+                 balance_coef: float = 0.0, prior_form: str = "eq8"):
         super().__init__()
         if not 1 <= top_k <= num_experts:
             raise ValueError(f"top_k must be in [1, num_experts], got {top_k} of {num_experts}")
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}")
+        if prior_form not in PRIOR_FORMS:
+            raise ValueError(f"prior_form must be one of {PRIOR_FORMS}")
         self.num_experts, self.top_k, self.use_prior, self.norm = num_experts, top_k, use_prior, norm
+        self.prior_form = prior_form
         self.balance_coef = balance_coef
         self.experts = nn.ModuleList()
         for i in range(num_experts):
@@ -65,27 +75,38 @@ class ISMoE(nn.Module):
         self._prior_input = h0
 
     def prior(self) -> torch.Tensor:
-        """The interaction prior in logit space, [B, N] (see the module docstring)."""
+        """c = Norm(h0 r^T), [B, N]: probabilities for the softmax norm (Eq. 8's c)."""
         logits = self._prior_input.to(self.expert_tokens.dtype) @ self.expert_tokens.t()  # [B, N]
         if self.norm == "softmax":
-            return logits.log_softmax(-1)
+            return logits.softmax(-1)
         if self.norm == "l2":
             return F.normalize(logits, dim=-1)
         return F.layer_norm(logits, (self.num_experts,))
 
+    def _prior_logits(self) -> torch.Tensor:
+        """The prior in logit space, [B, N] (the ``logit`` form): log c for the softmax norm."""
+        if self.norm != "softmax":
+            return self.prior()
+        return (self._prior_input.to(self.expert_tokens.dtype) @ self.expert_tokens.t()).log_softmax(-1)
+
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Refined router logits g'(x) = W_g x (+ prior), float32, [B * L, N] for x [B, L, d]."""
+        """The scores top-k and the kept-entry softmax act on, float32, [B * L, N] for x [B, L, d]: g(x)
+        without the prior; with it, Eq. 8's (softmax(g) + c) / 2 or, in the ``logit`` form, g + log c."""
         B, L, _ = x.shape
         g = self.router(x).float()  # [B, L, N]
         if self.use_prior:
             if self._prior_input is None:
                 raise RuntimeError("ISMoE: set_prior_input(h0) must be called before forward")
-            g = g + self.prior().float()[:, None, :]
+            if self.prior_form == "eq8":
+                g = (g.softmax(-1) + self.prior().float()[:, None, :]) / 2
+            else:
+                g = g + self._prior_logits().float()[:, None, :]
         return g.reshape(B * L, -1)
 
     def routing(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(top-k weights [T, k], top-k expert ids [T, k], router probabilities [T, N]) for x [B, L, d]:
-        top-k over the refined logits, softmax over the kept logits only."""
+        top-k over the refined scores, softmax over the kept scores only; the probabilities are that
+        softmax over all N (entropy logs, balance loss)."""
         logits = self.logits(x)
         top_val, top_idx = logits.topk(self.top_k, dim=-1)
         probs = logits.softmax(-1)

@@ -10,6 +10,9 @@ table: 46.9 MB fp32, 12.5 MB at 8 bits, 6.6 MB at 4 bits, group 64).
 - Under autocast the weight is dequantized straight into the autocast dtype.
 - ``weight`` is a read-only property giving the dequantized weight on demand (HF T5 reads
   ``wo.weight.dtype`` in its forward); the forward itself never goes through it.
+
+``TiedQuantLinear``: a linear whose weight is a ``QuantEmbedding``'s table (T5's LM head, tied to
+``shared``), so a tied table is quantized, stored and counted once.
 """
 from __future__ import annotations
 
@@ -266,3 +269,69 @@ class QuantEmbedding(nn.Module):
     def extra_repr(self) -> str:
         return (f"{self.num_embeddings}, {self.embedding_dim}, bits={self.bits}, group_size={self.group_size}, "
                 f"method={self.method}" + (f", padding_idx={self.padding_idx}" if self.padding_idx is not None else ""))
+
+
+class _DequantTableLinear(torch.autograd.Function):
+    """y = x T_d^T for a quantized table T: T_d is dequantized again in backward instead of being saved."""
+
+    @staticmethod
+    def forward(ctx, x, table):
+        ctx.table = table
+        return F.linear(x, table.dequantize(x.dtype))
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_x = grad_out.matmul(ctx.table.dequantize(grad_out.dtype)) if ctx.needs_input_grad[0] else None
+        return grad_x, None
+
+
+class TiedQuantLinear(nn.Module):
+    """A frozen nn.Linear tied to an embedding table (T5's LM head and ``shared``): its weight is the
+    ``QuantEmbedding`` it holds, the very module that sits in the embedding's place, so the packed table
+    is stored once (one storage) and counted once (``logical_numel`` is the bias only; the table counts
+    where it is an embedding, and ``modules()`` visits it once)."""
+
+    def __init__(self, table: QuantEmbedding, bias: torch.Tensor | None = None):
+        super().__init__()
+        self.table = table
+        self.out_features, self.in_features = table.shape
+        if bias is not None:
+            self.bias = nn.Parameter(bias.detach().float().clone(), requires_grad=False)
+        else:
+            self.register_parameter("bias", None)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.table.dequantize()
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return self.table.dequantize(dtype)
+
+    def to_float(self) -> nn.Linear:
+        """A frozen fp32 ``nn.Linear`` holding the dequantized table (a temporary stand-in)."""
+        lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
+                        device=self.table.packed.device)
+        with torch.no_grad():
+            lin.weight.copy_(self.dequantize())
+            if self.bias is not None:
+                lin.bias.copy_(self.bias)
+        return lin.requires_grad_(False)
+
+    def logical_numel(self) -> int:
+        return self.bias.numel() if self.bias is not None else 0
+
+    def storage_bytes(self) -> int:
+        return unique_storage_bytes([self.bias]) if self.bias is not None else 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dev = x.device.type
+        if torch.is_autocast_enabled(dev):
+            x = x.to(torch.get_autocast_dtype(dev))
+        elif not x.is_floating_point():
+            x = x.float()
+        out = _DequantTableLinear.apply(x, self.table) if torch.is_grad_enabled() and x.requires_grad \
+            else F.linear(x, self.table.dequantize(x.dtype))
+        return out if self.bias is None else out + self.bias.to(out.dtype)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, tied to a quantized table"
