@@ -265,9 +265,9 @@ def test_ablation_tables_3_and_4(tmp_path):
     assert base[3] == "72.00 ± 2.00 (3)" and base[5] == "2.000" and base[4] == ""
     assert no_prior[3] == "72.00 ± 1.41 (2)" and no_prior[4] == "+0.00" and no_prior[6] == "+1.000"
     assert prior[3] == "75.00 ± 1.00 (3)" and prior[4] == "+3.00"
-    # Table 4 row 1 has no runs: every row has a configuration of its own, so no other row stands in
-    assert t4.rows[0][1] == "table4-full-precision" and t4.rows[0][3] == "no runs"
-    assert t4.rows[1][3] == "no runs" and t4.rows[3][3] == "73.00 (1)" and t4.rows[3][6] == ""
+    # Table 4 row 1 (full precision) is Table 3 row 1, as in the paper: the same row, its own runs
+    assert t4.rows[0][1] == "table3-base" and t4.rows[0][3] == base[3] and t4.rows[0][2].startswith("full precision")
+    assert t4.rows[1][3] == "no runs" and t4.rows[3][3] == "73.00 (1)" and t4.rows[3][6] == "-1.000"
     assert "mpismoe@table3-base" not in set(glue_tables(df)[0].data["method"])  # own table only
 
     paths = ablations.export_ablations(df, tmp_path)
@@ -289,11 +289,15 @@ def test_the_default_runs_never_stand_in_for_an_ablation_row():
 
 
 def test_ablation_row_with_runs_of_its_own_is_not_replaced(tmp_path):
-    records = ablation_records([("table3-moe-prior", [0.74], GIB), ("table4-full-precision", [0.60], GIB)])
+    records = ablation_records([("table3-moe-prior", [0.74], GIB), ("table3-base", [0.60], GIB),
+                                ("ext-sherl-table4-mixed-noise", [0.70], GIB)])
     df, _ = build_leaderboard(records)
-    t3, t4 = ablations.ablation_tables(df)
-    assert t4.rows[0][1] == "table4-full-precision" and t4.rows[0][3] == "60.00 (1)"
+    t3, t4, ext4 = ablations.ablation_tables(df)
+    assert t4.rows[0][1] == "table3-base" and t4.rows[0][3] == "60.00 (1)" == t3.rows[0][3]
     assert not any("†" in n for n in t4.notes)
+    # our SHERL-base extension: a table of its own, never mixed into the paper's
+    assert ext4.title.startswith("Table 4, ours") and ext4.rows[-1][1] == "ext-sherl-table4-mixed-noise"
+    assert not any(r[1].startswith("ext-") for r in t3.rows + t4.rows)
 
 
 def test_no_ablation_runs_no_ablation_files(tmp_path):

@@ -1,5 +1,7 @@
 """The ablation tables (paper Tables 3 and 4): one row per named configuration of the ablated method, each
-from runs of its own, with the change from the table's first row. Names and layout: ``names.ABLATIONS``."""
+from runs of its own, with the change from the table's first row. Names and layout: the method cards' tables
+(``methods.PaperTable``): a table's rows are the card's, in its order, so a row may head two tables (the
+paper's Table 4 starts from Table 3's first row)."""
 from __future__ import annotations
 
 import os
@@ -10,9 +12,13 @@ import pandas as pd
 
 from benchmark.publish import fmt
 from benchmark.publish.leaderboard import PARETO_GROUP, is_ablation_row
-from benchmark.publish.names import ABLATIONS, ABLATIONS_HEAD, experiments as named_rows
+from benchmark.publish.names import ABLATIONS_HEAD
 from benchmark.publish.tables import Table, tex_escape
 from benchmark.results import atomic_write_text
+from methods import method_cards
+
+# (label, title, ((variant, about), ...), method) of every card's table
+_TABLES = tuple((t.label, t.title, t.rows, c.name) for c in method_cards() if c.tables for t in c.tables)
 
 HEADER = ["#", "row", "description", "score", "Δ score", "peak train mem (GiB)", "Δ mem (GiB)"]
 NOTE = ("Score: test score (× 100 when a fraction), mean ± sample std (n seeds); memory: peak training bytes / "
@@ -36,25 +42,26 @@ def _row(i: int, name: str, about: str, r: dict | None, first: dict | None) -> t
 
 def ablation_tables(df: pd.DataFrame, experiments: dict | None = None) -> list[Table]:
     """The ablation tables from the ablation rows' runs, per task, version, backbone, budget and device;
-    nothing when there are no such runs. ``experiments``: name -> row (with ``about``), default the method's."""
+    nothing when there are no such runs. ``experiments``: name -> row (with ``about``) overriding the card's
+    descriptions; the cards' own by default."""
     ours = df[is_ablation_row(df)]
     if ours.empty:
         return []
-    experiments = named_rows() if experiments is None else experiments
+    experiments = {} if experiments is None else experiments
     tables = []
     for (task, version, backbone, budget, device), g in ours.groupby(PARETO_GROUP, sort=True):
         by_row = {m: r for m, r in zip(g["method"], g.to_dict("records"))}
-        for number, what, prefix, method in ABLATIONS:
-            names = [n for n in experiments if n.startswith(prefix)]
-            by_name = {n: by_row.get(f"{method}@{n}") for n in names}
+        for number, what, table_rows, method in _TABLES:
+            by_name = {n: by_row.get(f"{method}@{n}") for n, _ in table_rows}
             if not any(r is not None for r in by_name.values()):
                 continue
             rows, data, first = [], [], None
-            for i, name in enumerate(names, 1):
+            for i, (name, card_about) in enumerate(table_rows, 1):
                 r = by_name[name]
                 if i == 1:
                     first = r
-                about = re.sub(r"^Table \d+ row \d+:\s*", "", getattr(experiments[name], "about", experiments[name]))
+                own = experiments.get(name, card_about)
+                about = re.sub(r"^Table \d+ row \d+:\s*", "", getattr(own, "about", own))
                 cells, raw = _row(i, name, about, r, first)
                 rows.append(cells)
                 data.append(raw)
