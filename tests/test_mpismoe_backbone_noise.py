@@ -161,3 +161,17 @@ def test_the_noise_row_adds_a_tenth_of_a_million_parameters_on_a_base_sized_back
                     for v in ("table4-mixed-precision", "table4-mixed-noise"))
     assert 50_000 <= noise - mixed <= 200_000
     assert noise - mixed == 2 * 12 * (4 * 768 + 3072 + 768)
+
+
+@pytest.mark.parametrize("variant", ["table4-mixed-precision", "table4-mixed-noise"])
+def test_the_memory_predictor_holds_what_the_backbone_training_rows_hold(variant):
+    """Fake tensors (shapes only) predict these rows' peak and parameters exactly as the real tracker
+    measures them: the checkpointed noise sample and the trainable LayerNorms need no hint."""
+    from benchmark.memory.simulate import simulate
+
+    shape = {"batch_size": "4", "max_length": "16", "target": "cpu", "steps": "2", "backbone": "tiny-bert",
+             "method": "mpismoe", "variant": variant}
+    predicted, real = simulate(shape, fake=True), simulate(shape, fake=False)
+    assert predicted["peak_train_bytes"] == real["peak_train_bytes"]
+    assert predicted["trainable_params"] == real["trainable_params"]
+    assert predicted["backbone_storage_bytes"] == real["backbone_storage_bytes"]
