@@ -186,12 +186,9 @@ def parameter_counts(module, method) -> dict:
     from methods.base import logical_parameter_count
 
     trainable = sum(q.numel() for q in module.parameters() if q.requires_grad)
-    total = logical_parameter_count(module)
-    backbone = method.backbone.own_parameter_count
-    # the papers' percentage (LST's code divides by the backbone's own parameters); the share of the whole
-    # model, side network and head included, is kept beside it
-    return {"trainable_params": trainable, "total_params": total, "backbone_params": backbone,
-            "trainable_percent": 100.0 * trainable / max(backbone, 1),
+    total, own = logical_parameter_count(module), method.backbone.own_parameter_count
+    return {"trainable_params": trainable, "total_params": total, "backbone_params": own,
+            "trainable_percent": 100.0 * trainable / max(own, 1),  # the papers' denominator (LST's code)
             "trainable_percent_of_total": 100.0 * trainable / max(total, 1),
             "backbone_storage_bytes": method.backbone_storage_bytes()}
 
