@@ -22,6 +22,8 @@ from methods import GENERIC_VARIANTS  # noqa: E402,F401  (declared in the light 
 
 # the variant of a method whose backbone has dropout to switch off (``MethodConfig.backbone_dropout``)
 NO_BACKBONE_DROPOUT = {"no-backbone-dropout": {"backbone_dropout": "false"}}
+# variant names that several methods declare: a row label says whose (``<method>@<variant>``)
+SHARED_VARIANT_NAMES = frozenset({"paper-layers", *NO_BACKBONE_DROPOUT})
 
 OPTIMIZERS = ("adamw", "adamw8bit")  # torch's AdamW; bitsandbytes' AdamW8bit (blockwise 8-bit moments)
 
@@ -131,7 +133,7 @@ class Method(nn.Module):
         variant several methods have (its bare name would not say whose row it is)."""
         if not variant:
             return name
-        shared = variant in NO_BACKBONE_DROPOUT or (variant in GENERIC_VARIANTS and variant not in cls.variants)
+        shared = variant in SHARED_VARIANT_NAMES or (variant in GENERIC_VARIANTS and variant not in cls.variants)
         return f"{name}@{variant}" if shared else variant
 
     def train(self, mode: bool = True):

@@ -47,7 +47,7 @@ def test_list_prints_all_three_registries(capsys):
     out = capsys.readouterr().out
     for word in ("methods:", "tasks:", "backbones", "lora", "full", "minilm"):
         assert word in out
-    assert "sherl            v2  " in out and "variant=: late-layer" in out  # each method's code version
+    assert "sherl            v3  " in out and "variant=: late-layer" in out  # each method's code version
 
 
 def test_key_value_flags_become_overrides():

@@ -51,7 +51,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from methods.base import ConfigError, Method, MethodConfig
+from methods.base import NO_BACKBONE_DROPOUT, ConfigError, Method, MethodConfig
 from methods.lst.pruning import PrunePlan, fisher_prune_init, fisher_prune_init_seq2seq
 from methods.side import (check_layers, fresh_norm_like, frozen_decoder_states, frozen_hidden_states, parse_layers,
                           with_raw_last)
@@ -91,12 +91,7 @@ class LST(Method):
     # 2: the last layer's ladders read its raw output, before T5's final LayerNorm (1: after it); the backbone's
     # dropout follows train/eval (``backbone_dropout``), as the reference code trains
     version = 2
-    variants = {"paper-layers": {"drop_layers": PAPER}}  # LST's T5-base layer dropping
-
-    @classmethod
-    def row_label(cls, name: str, variant: str) -> str:
-        """``paper-layers`` is LST's and SHERL's: its memory row says whose (``<method>@paper-layers``)."""
-        return f"{name}@{variant}" if variant == "paper-layers" else super().row_label(name, variant)
+    variants = {"paper-layers": {"drop_layers": PAPER}, **NO_BACKBONE_DROPOUT}  # paper-layers: LST's T5-base dropping
 
     def __init__(self, backbone, config: LSTConfig):
         super().__init__(backbone, config)

@@ -67,7 +67,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from methods.base import ConfigError, Method, MethodConfig
+from methods.base import NO_BACKBONE_DROPOUT, ConfigError, Method, MethodConfig
 from methods.side import (check_layers, fresh_norm_like, frozen_decoder_states, frozen_hidden_states,
                           parse_layers, with_raw_last)
 
@@ -167,12 +167,8 @@ class SHERL(Method):
     # and the backbone's dropout follows train/eval (``backbone_dropout``), as the reference code trains
     version = 3
     variants = {"late-layer": {"train_late_layer": "true"},
-                "paper-layers": {"tap_layers": PAPER, "decoder_tap_layers": PAPER}}  # the T5-base script's taps
-
-    @classmethod
-    def row_label(cls, name: str, variant: str) -> str:
-        """``paper-layers`` is LST's and SHERL's: its memory row says whose (``<method>@paper-layers``)."""
-        return f"{name}@{variant}" if variant == "paper-layers" else super().row_label(name, variant)
+                "paper-layers": {"tap_layers": PAPER, "decoder_tap_layers": PAPER},  # the T5-base script's taps
+                **NO_BACKBONE_DROPOUT}
     paper_variants = ("late-layer",)  # the previous default, and the base setting of MP-ISMoE's Table 4 rows
 
     def __init__(self, backbone, config: SherlConfig):
