@@ -8,6 +8,9 @@ three steps of MP-ISMoE that read data, each answered so that shapes, and so mem
 - an ISMoE's token dispatch (``(idx == e).nonzero()`` per expert) assumes balanced routing: each expert
   gets its 1/N share of the k T routed rows, so the rows kept for backward add up as in any real
   routing; only the per-expert split is assumed.
+
+``PerturbedQuantLinear`` (``noise_on=backbone``) and trainable LayerNorms need no answer: the noise is drawn
+by shape and the checkpointed forward recomputes shapes only (a test holds the prediction to the tracker).
 """
 from __future__ import annotations
 
