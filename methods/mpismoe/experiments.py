@@ -138,6 +138,8 @@ EXPERIMENTS: dict[str, Experiment] = {
     "mpismoe-prior-logit": Experiment({"prior_form": "logit"},
                                       "the default method with the router's prior in logit space (g + log c) "
                                       "instead of Eq. 8's (softmax(g) + c) / 2"),
+    "no-backbone-dropout": Experiment({"backbone_dropout": "false"},
+                                      "the default method with the frozen backbone in eval mode (no dropout)"),
 }
 
 # Each table's rows in order; each row differs from the one before it by exactly its ``switch`` (a test
