@@ -391,7 +391,7 @@ def test_named_experiments_are_valid_configs_and_memory_rows():
     rows = {label: (method, extra) for label, method, extra in memory_rows()}
     cfgs = {}
     for name, e in EXPERIMENTS.items():
-        assert rows[name] == ("mpismoe", e.overrides)
+        assert rows[MPISMoE.row_label("mpismoe", name)] == ("mpismoe", e.overrides)
         cfgs[name] = build_config(MPISMoEConfig, e.overrides, "mpismoe")
     assert {"mpismoe-bf16"} & set(EXPERIMENTS) == set()  # precision is the run's, never a variant
 
