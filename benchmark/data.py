@@ -16,6 +16,11 @@ from torch.utils.data import DataLoader, RandomSampler
 from tasks.base import METRIC_COLUMNS, DataOptions, Task
 
 
+# the run settings (``RunConfig``) the data module takes, under the same names
+RUN_KEYS = ("max_length", "batch_size", "eval_batch_size", "pad_to_max_length", "data_dir", "limit_train_samples",
+            "limit_eval_samples", "limit_test_samples", "seed", "num_workers")
+
+
 class TaskDataModule(L.LightningDataModule):
     def __init__(self, task: Task, tokenizer, *, max_length: int, batch_size: int, eval_batch_size: int,
                  pad_to_max_length: bool = False, data_dir: str = "", limit_train_samples: int = 0,
@@ -38,6 +43,11 @@ class TaskDataModule(L.LightningDataModule):
                             f"run it with head=classifier")
         self.visual_table: torch.Tensor | None = None  # [distinct images, tokens, dim]
         self.splits = None
+
+    @classmethod
+    def from_run(cls, task: Task, tokenizer, run, **kw) -> "TaskDataModule":
+        """The data module of a run's settings."""
+        return cls(task, tokenizer, **{k: getattr(run, k) for k in RUN_KEYS}, **kw)
 
     def load_raw(self):
         """The task's splits, subset when asked (a fixed seeded subset, the same for every method)."""

@@ -140,12 +140,8 @@ def build_components(p: Plan):
     image_features = None
     if p.task.images_per_example:
         backbone, image_features = vision_language(backbone, p)
-    dm = TaskDataModule(p.task, backbone.tokenizer, max_length=r.max_length, batch_size=r.batch_size,
-                        eval_batch_size=r.eval_batch_size, pad_to_max_length=r.pad_to_max_length,
-                        data_dir=r.data_dir, limit_train_samples=r.limit_train_samples,
-                        limit_eval_samples=r.limit_eval_samples, limit_test_samples=r.limit_test_samples,
-                        seed=r.seed, num_workers=r.num_workers,
-                        image_features=image_features, text_to_text=backbone.seq2seq)
+    dm = TaskDataModule.from_run(p.task, backbone.tokenizer, r, image_features=image_features,
+                                 text_to_text=backbone.seq2seq)
     dm.setup()  # data problems surface now, as one line, before any training
     method = p.method_cls(backbone, p.method_cfg)
     method.prepare(dm.train_dataloader(), p.task)
