@@ -28,6 +28,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "figures": ("benchmark.publish:figures_main", "figures from results/ (no training)"),
     "leaderboard": ("benchmark.cli:leaderboard_command", "tables from results/runs/**.json"),
     "budgets": ("benchmark.publish.budgets:main", "how the ranking changes between two budgets (1ep -> tuned)"),
+    "scale": ("benchmark.publish.budgets:scale_main",
+              "does the ranking at one backbone hold at another (minilm -> mpnet-base, same budget kind)"),
 }
 
 

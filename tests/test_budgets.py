@@ -109,3 +109,27 @@ def test_split_val_compares_the_best_validation_scores_the_choice_reads(tmp_path
     assert "(best validation scores)" in to_markdown(val)
     test = compare(recs, "1ep", "tuned")[0].table.set_index("method")
     assert test.at["a", "change"] == pytest.approx(0.30)
+
+
+def test_scale_compares_backbones_at_the_same_budget_kind_with_memory_ratios(tmp_path, capsys):
+    """``python -m benchmark scale``: the ranking on MiniLM next to MPNet-base, the tuned budget on both sides."""
+    small = {"full": [0.80, 0.81, 0.82], "lora": [0.78, 0.79, 0.80], "sherl": [0.76, 0.77, 0.78]}
+    large = {"full": [0.86, 0.87, 0.88], "lora": [0.85, 0.86, 0.87], "sherl": [0.88, 0.89, 0.90]}
+    peaks = {"minilm": {"full": 2**30, "lora": 2**29, "sherl": 2**28},
+             "mpnet-base": {"full": 2**33, "lora": 2**32, "sherl": 2**30}}
+    for backbone, scores in (("minilm", small), ("mpnet-base", large)):
+        for method, values in scores.items():
+            for seed, v in enumerate(values):
+                rec = make_record(method=method, seed=seed, score=v, backbone=backbone,
+                                  peak=peaks[backbone][method])
+                rec["run"]["config"]["run"].update(hparams="tuned", epochs=3)
+                write(tmp_path, rec)
+                other = make_record(method=method, seed=seed, score=0.5, backbone=backbone)  # 1-epoch: not compared
+                write(tmp_path, other)
+    assert cli(["scale", "--results-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("### ") == 1 and "minilm tuned-3ep-b32-len64 -> mpnet-base tuned-3ep-b32-len64" in out
+    assert "| sherl | #3 77.00 ± 1.00 (3) | #1 89.00 ± 1.00 (3) | +12.00 | +2 |" in out
+    assert "| 0.250 (0.25) -> 1.000 (0.12) |" in out  # SHERL's peak and its ratio to full fine-tuning, each scale
+    assert cli(["scale", "--results-dir", str(tmp_path), "--large", "t5-base"]) == 2
+    assert "no task has runs on a backbone starting with 'minilm' and one starting with 't5-base'" in capsys.readouterr().err

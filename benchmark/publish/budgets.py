@@ -70,10 +70,15 @@ SPLITS = {"val": "val_score", "test": "score"}  # --split: which score the compa
 
 
 def compare(records: list[dict], before: str, after: str, tasks: list[str] | None = None,
-            results_dir: str | Path = "results", split: str = "test") -> list[Comparison]:
+            results_dir: str | Path = "results", split: str = "test", axis: str = "budget",
+            budget: str = "") -> list[Comparison]:
     """A Comparison for every (task, backbone, device) and every pair of its budgets, one starting with
     ``before`` and the other with ``after``; ``tasks`` (names) limits the tasks. ``split="val"`` compares
-    the best validation scores instead of the test scores: the only ones a choice between budgets may read."""
+    the best validation scores instead of the test scores: the only ones a choice between budgets may read.
+
+    ``axis="backbone"`` compares backbones instead (``python -m benchmark scale``): for every (task,
+    device), each backbone starting with ``before`` against each starting with ``after``, at every budget
+    starting with ``budget`` on either side (a side is "<backbone> <budget>")."""
     runs = [{**flatten_record(r), "record": r} for r in current_records(records)
             if not tasks or r["run"]["task"] in tasks]
     if not runs:
@@ -81,13 +86,20 @@ def compare(records: list[dict], before: str, after: str, tasks: list[str] | Non
     frame = pd.DataFrame(runs)
     frame["score"] = frame[SPLITS[split]]
     frame = frame.dropna(subset=["score"])
+    if axis == "backbone":
+        frame = frame[frame["budget"].str.startswith(budget)].copy()
+        frame["side"] = frame["backbone"] + " " + frame["budget"]
+        keys, label = ["task", "device"], lambda key: "backbones"
+    else:
+        frame["side"] = frame["budget"]
+        keys, label = ["task", "backbone", "device"], lambda key: key[1]
     out = []
-    for (task, backbone, device), g in frame.groupby(["task", "backbone", "device"], sort=True):
-        budgets = list(g["budget"].unique())
-        for b0 in _matching(budgets, before):
-            for b1 in _matching(budgets, after):
+    for key, g in frame.groupby(keys, sort=True):
+        sides = list(g["side"].unique())
+        for b0 in _matching(sides, before):
+            for b1 in _matching(sides, after):
                 if b0 != b1:
-                    out += _pair(g, task, backbone, device, b0, b1, Path(results_dir), split)
+                    out += _pair(g, key[0], label(key), key[-1], b0, b1, Path(results_dir), split)
     return out
 
 
@@ -104,8 +116,9 @@ def _pair(g: pd.DataFrame, task: str, backbone: str, device: str, b0: str, b1: s
           results_dir: Path, split: str = "test") -> list[Comparison]:
     """The comparison of budget ``b0`` with ``b1`` over the methods run under both ([] when none is)."""
     higher = bool(g["higher_is_better"].iloc[0])
-    by = {b: {m: sorted(zip(s["seed"], s["score"])) for m, s in g[g["budget"] == b].groupby("method")}
+    by = {b: {m: sorted(zip(s["seed"], s["score"])) for m, s in g[g["side"] == b].groupby("method")}
           for b in (b0, b1)}
+    peak = {b: g[g["side"] == b].groupby("method")["peak_train_bytes"].mean() / 2**30 for b in (b0, b1)}
     both = sorted(set(by[b0]) & set(by[b1]))
     if not both:
         return []
@@ -124,11 +137,11 @@ def _pair(g: pd.DataFrame, task: str, backbone: str, device: str, b0: str, b1: s
                      "after_max": max(c), "change": mc - ma, "rank_change": rank[b0][m] - rank[b1][m],
                      "ranges_apart": ("one seed" if min(len(a), len(c)) < 2 else
                                      "better" if better else "worse" if worse else "overlap"),
-                     "welch_p": _welch_p(a, c)})
+                     "welch_p": _welch_p(a, c), "before_gib": peak[b0][m], "after_gib": peak[b1][m]})
     table = pd.DataFrame(rows).sort_values(["after_rank", "method"]).reset_index(drop=True)
     comp = Comparison(task, backbone, device, b0, b1, table, split=split,
                       only={b: sorted(set(by[b]) - set(both)) for b in (b0, b1) if set(by[b]) - set(both)})
-    after_runs = g[g["budget"] == b1]["record"]
+    after_runs = g[g["side"] == b1]["record"]
     comp.runs = len(after_runs)
     comp.run_seconds = float(sum(r["efficiency"].get("total_seconds") or 0.0 for r in after_runs))
     recorded = {(r["run"].get("hyperparameters") or {}).get("file") or "" for r in after_runs} - {""}
@@ -159,14 +172,24 @@ def to_markdown(comp: Comparison) -> str:
     what = "best validation scores" if comp.split == "val" else "test scores"
     lines = [f"### {comp.task} ({comp.backbone}, {comp.device}): {comp.before} -> {comp.after} ({what})", "",
              "| method | before: rank, mean ± std (n) | after: rank, mean ± std (n) | change | ranks moved "
-             "| seed ranges | Welch p |", "| --- | --- | --- | ---: | ---: | --- | ---: |"]
+             "| seed ranges | Welch p | peak GiB (ratio to full fine-tuning) |",
+             "| --- | --- | --- | ---: | ---: | --- | ---: | --- |"]
+    from methods import reference_method
+
+    refs = comp.table[comp.table["method"] == reference_method().name]
+    ref = refs.iloc[0] if len(refs) else None
+
+    def gib(x: float, full) -> str:
+        return f"{x:.3f}" + (f" ({x / full:.2f})" if ref is not None and full else "")
+
     for r in comp.table.itertuples():
         lines.append(
             f"| {r.method} | #{r.before_rank} {_pct(r.before_mean)} ± {_pct(r.before_std)} ({r.before_n}) "
             f"| #{r.after_rank} {_pct(r.after_mean)} ± {_pct(r.after_std)} ({r.after_n}) "
             f"| {100 * r.change:+.2f} | {r.rank_change:+d} "
             f"| [{_pct(r.before_min)}, {_pct(r.before_max)}] -> [{_pct(r.after_min)}, {_pct(r.after_max)}] "
-            f"{r.ranges_apart} | {_p(r.welch_p)} |")
+            f"{r.ranges_apart} | {_p(r.welch_p)} | {gib(r.before_gib, ref is not None and ref.before_gib)} -> "
+            f"{gib(r.after_gib, ref is not None and ref.after_gib)} |")
     lines.append("")
     for budget, methods in comp.only.items():
         lines.append(f"Run under {budget} only: {', '.join(methods)}.")
@@ -175,6 +198,36 @@ def to_markdown(comp: Comparison) -> str:
                  f"{_n(comp.trials, 'trial')}, "
                  f"{comp.search_seconds / 3600:.2f} h; together {(comp.run_seconds + comp.search_seconds) / 3600:.2f} h.")
     return "\n".join(lines) + "\n"
+
+
+def scale_main(argv: list[str] | None = None) -> int:
+    """``python -m benchmark scale [--small minilm] [--large mpnet-base] [--budget tuned] [--tasks a,b]``: does the
+    ranking at one backbone hold at another (the same task, budget kind and device)?"""
+    import argparse
+
+    from benchmark.cli import COMMANDS, quiet
+    from benchmark.results import load_results
+
+    p = argparse.ArgumentParser(prog="python -m benchmark scale", description=COMMANDS["scale"][1])
+    p.add_argument("--small", default="minilm", help="backbone label prefix of the first backbone (default minilm)")
+    p.add_argument("--large", default="mpnet-base", help="backbone label prefix of the second (default mpnet-base)")
+    p.add_argument("--budget", default="tuned", help="budget label prefix on both sides (default tuned)")
+    p.add_argument("--tasks", default="", help="comma-separated task names (default: every task with both)")
+    p.add_argument("--split", default="test", choices=sorted(SPLITS), help="test scores (default) or best validation")
+    p.add_argument("--results-dir", default="results")
+    args = p.parse_args(argv)
+    quiet()
+    if not (Path(args.results_dir) / "runs").is_dir():
+        raise UserError(f"no results in {args.results_dir}/runs: run `make bench` or `make paper` first")
+    records, _ = load_results(args.results_dir)
+    comps = compare(records, args.small, args.large, [t for t in args.tasks.split(",") if t] or None,
+                    args.results_dir, args.split, axis="backbone", budget=args.budget)
+    if not comps:
+        raise UserError(f"no task has runs on a backbone starting with {args.small!r} and one starting with "
+                        f"{args.large!r} under a budget starting with {args.budget!r}; the backbones and budgets "
+                        f"are the leaderboard's columns")
+    print("\n".join(to_markdown(c) for c in comps), end="")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
