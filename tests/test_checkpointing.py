@@ -28,7 +28,7 @@ def loss_grads_and_saved(method: str, backbone: str, head: str, checkpointing: b
     return loss.detach(), grads, sum(saved)
 
 
-@pytest.mark.parametrize("backbone,head", [("tiny-bert", "classifier"), ("tiny-t5", "seq2seq")])
+@pytest.mark.parametrize("backbone,head", [("tiny-bert", "classifier"), ("tiny-t5", "seq2seq"), ("tiny-mpnet", "classifier")])
 @pytest.mark.parametrize("method", METHODS.names())
 def test_checkpointing_changes_no_loss_or_gradient(method, backbone, head):
     plain, grads, kept = loss_grads_and_saved(method, backbone, head, False)

@@ -8,7 +8,7 @@ from helpers import build_module, one_step, tiny_batch
 bnb = pytest.importorskip("benchmark.bnb").import_bitsandbytes()
 
 
-@pytest.mark.parametrize("backbone,head", [("tiny-bert", "classifier"), ("tiny-t5", "seq2seq")])
+@pytest.mark.parametrize("backbone,head", [("tiny-bert", "classifier"), ("tiny-t5", "seq2seq"), ("tiny-mpnet", "classifier")])
 def test_the_4bit_weights_never_change_and_only_lora_trains(backbone, head):
     module = build_module("qlora", backbone, head=head)
     quantized = module.method.quantized

@@ -10,7 +10,7 @@ from helpers import backbone_outputs, build_module, inputs, one_step, tiny_batch
 
 # Imported inside the tests, not at module level: registering "sherl" while pytest collects would
 # add it to tests/test_methods.py's table before that table knows what SHERL trains.
-BACKBONES = ["tiny-bert", "tiny-t5"]
+BACKBONES = ["tiny-bert", "tiny-t5", "tiny-mpnet"]
 
 
 def build(backbone="tiny-bert", **cfg):

@@ -28,7 +28,7 @@ TRAINS = {
 MAY_STAY = {"mpismoe": lambda n: ".experts." in n}
 
 
-@pytest.mark.parametrize("backbone", ["tiny-bert", "tiny-t5"])
+@pytest.mark.parametrize("backbone", ["tiny-bert", "tiny-t5", "tiny-mpnet"])
 @pytest.mark.parametrize("method", METHODS.names())
 def test_only_the_methods_parameters_change(method, backbone):
     assert method in TRAINS, f"add what {method!r} trains to TRAINS"

@@ -83,7 +83,7 @@ def test_every_base_builds_and_trains_only_its_parameters(base, late_layer, bits
 
 
 # UniPT's and SHERL's slots do not depend on the backbone family; LST's are the family's own layers
-@pytest.mark.parametrize("base,backbone", [("lst", "tiny-bert"), ("lst", "tiny-t5"), ("unipt", "tiny-bert"),
+@pytest.mark.parametrize("base,backbone", [("lst", "tiny-bert"), ("lst", "tiny-t5"), ("lst", "tiny-mpnet"), ("unipt", "tiny-bert"),
                                            ("sherl", "tiny-bert")])
 def test_one_expert_without_quantization_is_the_base_method(base, backbone):
     """N = 1, k = 1, no perturbation: the MoE is its FFN, so every slot (LST's split BERT FFN, T5's dense
@@ -97,7 +97,7 @@ def test_one_expert_without_quantization_is_the_base_method(base, backbone):
 
 
 # --- FFN slots -------------------------------------------------------------------------------------
-@pytest.mark.parametrize("backbone", ["tiny-bert", "tiny-t5"])
+@pytest.mark.parametrize("backbone", ["tiny-bert", "tiny-t5", "tiny-mpnet"])
 def test_ffn_slot_install_and_restore_keep_the_layer(backbone):
     from benchmark.backbones import load_backbone
 
@@ -117,7 +117,7 @@ def test_ffn_slot_install_and_restore_keep_the_layer(backbone):
         before = {n: id(p) for n, p in layer.named_parameters()}
         slot.install(ffn)
         torch.testing.assert_close(run(), ref)
-        if backbone == "tiny-bert":  # a split FFN cannot be read back while something is installed
+        if backbone != "tiny-t5":  # a split FFN cannot be read back while something is installed
             with pytest.raises(RuntimeError, match="restore"):
                 slot.get()
         slot.restore(ffn)
@@ -126,7 +126,7 @@ def test_ffn_slot_install_and_restore_keep_the_layer(backbone):
 
 
 @pytest.mark.parametrize("quantized", [False, True])
-@pytest.mark.parametrize("backbone", ["tiny-bert", "tiny-t5"])
+@pytest.mark.parametrize("backbone", ["tiny-bert", "tiny-t5", "tiny-mpnet"])
 def test_lst_fisher_init_reaches_expert_zero(backbone, quantized):
     from methods.lst.pruning import pruned
     from methods.mpismoe.ismoe import ISMoE
@@ -150,9 +150,10 @@ def test_lst_fisher_init_reaches_expert_zero(backbone, quantized):
         slot.restore(moe.experts[0])  # expert 0 back in place: every side parameter is its pruned slice
         try:
             with method.full_precision_layers():  # the (dequantized) backbone the slices came from
-                src = dict(method.backbone.layers[k].named_parameters())
+                # the layer's own slices, and what the stack owns outside its layers (MPNet's position bias)
+                src = {**method.backbone.stack_parameters(), **dict(method.backbone.layers[k].named_parameters())}
                 for name, p in lst.side_layers[j].named_parameters():
-                    assert torch.equal(p, pruned(src[name], plan.axes.roles[name], plan, k).to(p.dtype)), name
+                    assert torch.equal(p, pruned(src[name], plan.axes.roles.get(name), plan, k).to(p.dtype)), name
         finally:
             slot.install(moe)
         for e in moe.experts[1:]:  # the other experts: small perturbations of expert 0

@@ -1,5 +1,5 @@
-"""Backbones by name: the packaged offline MiniLM, well-known hub ids, tiny random models for tests,
-or any hub id / local directory (``hf:<id>``, ``owner/name`` or a path)."""
+"""Backbones by name: the packaged offline MiniLM and MPNet-base (``packaged.py``), well-known hub ids, tiny
+random models for tests, or any hub id / local directory (``hf:<id>``, ``owner/name`` or a path)."""
 from __future__ import annotations
 
 import importlib.util
@@ -10,6 +10,7 @@ from typing import Callable
 
 from benchmark.backbones.base import Backbone, Family, LayerContext
 from benchmark.backbones.families import FAMILIES
+from benchmark.backbones.packaged import packaged_mpnet
 from benchmark.errors import UserError
 from benchmark.hub import HUB_BACKBONES, require_hub
 from benchmark.registry import Registry
@@ -29,6 +30,7 @@ class BackboneSpec:
     offline: bool = False
     about: str = ""
     head: str = "classifier"  # the kind a run gets without head=: seq2seq for the T5 names (the papers' setting)
+    install: Callable[[], str] | None = None  # puts a packaged backbone in place (``python -m benchmark install``)
 
 
 BACKBONES: Registry[BackboneSpec] = Registry("backbone", env_var="BACKBONE")
@@ -48,6 +50,14 @@ def _tiny_bert():
                       intermediate_size=64, max_position_embeddings=512)
 
 
+def _tiny_mpnet():
+    from transformers import MPNetConfig
+
+    # 32 buckets: MPNetEncoder.compute_position_bias always asks for 32, whatever the config says
+    return MPNetConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                       intermediate_size=64, max_position_embeddings=514, relative_attention_num_buckets=32)
+
+
 def _tiny_t5():
     from transformers import T5Config
 
@@ -59,6 +69,11 @@ BACKBONES.register("minilm", BackboneSpec(packaged_minilm, pooling="mean", offli
                                           about="all-MiniLM-L6-v2 (22.7M), packaged, offline"))
 BACKBONES.register("tiny-bert", BackboneSpec(packaged_minilm, random_config=_tiny_bert, offline=True,
                                              about="2-layer width-32 BERT, random init (tests)"))
+BACKBONES.register("mpnet-base", BackboneSpec(packaged_mpnet, pooling="mean", offline=True, install=packaged_mpnet,
+                                              about="all-mpnet-base-v2 (109.5M), packaged, offline; "
+                                                    "installed on first use (make mpnet)"))
+BACKBONES.register("tiny-mpnet", BackboneSpec(packaged_minilm, pooling="mean", random_config=_tiny_mpnet, offline=True,
+                                              about="2-layer width-32 MPNet, random init (tests)"))
 BACKBONES.register("tiny-t5", BackboneSpec(packaged_minilm, pooling="mean", random_config=_tiny_t5, offline=True,
                                            about="2-layer width-32 T5 encoder-decoder, random init (tests)",
                                            head="seq2seq"))

@@ -16,7 +16,7 @@ from torch import nn
 
 @dataclass
 class LayerContext:
-    """Per-stack state passed from layer to layer: the attention mask, and T5's shared position bias."""
+    """Per-stack state passed from layer to layer: the attention mask, and T5's or MPNet's shared position bias."""
 
     attention_mask: torch.Tensor  # [B, L] of 0/1
     additive_mask: torch.Tensor  # [B, 1, 1, L], 0 where attended, dtype-min where masked
@@ -108,6 +108,15 @@ class Family:
 
     def run_layer(self, layer: nn.Module, hidden: torch.Tensor, ctx: LayerContext) -> torch.Tensor:
         raise NotImplementedError
+
+    def stack_context(self, model: nn.Module, ctx: LayerContext) -> None:
+        """Put in a new stack's ``ctx`` what the model, not a layer, owns for every layer of a stack (MPNet's
+        position bias table). Nothing by default."""
+
+    def stack_parameters(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """What a stack shares that the model, not a layer, owns, by the name a narrow first layer gives its
+        own copy (MPNet's position bias table): LST's pruning copies it. None by default."""
+        return {}
 
     def prepare_layer(self, layer: nn.Module, hidden: torch.Tensor, ctx: LayerContext) -> None:
         """Put in ``ctx`` what the stack shares between its layers (T5's position bias) before ``run_layer``,
@@ -217,7 +226,9 @@ class Backbone(nn.Module):
     def layer_context(self, attention_mask: torch.Tensor, dtype: torch.dtype) -> LayerContext:
         m = attention_mask.to(dtype)[:, None, None, :]
         additive = (1.0 - m) * torch.finfo(dtype).min
-        return LayerContext(attention_mask=attention_mask, additive_mask=additive)
+        ctx = LayerContext(attention_mask=attention_mask, additive_mask=additive)
+        self.family.stack_context(self.model, ctx)
+        return ctx
 
     def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.family.embed(self.model, batch)
@@ -268,6 +279,9 @@ class Backbone(nn.Module):
 
     def narrow_layer(self, reduction: int, layer_index: int = 0) -> nn.Module:
         return self.family.narrow_layer(self.model, reduction, layer_index)
+
+    def stack_parameters(self) -> dict[str, torch.Tensor]:
+        return self.family.stack_parameters(self.model)
 
     def ffn_slot(self, layer: nn.Module) -> FFNSlot:
         """The FFN of ``layer`` (one of ``layers`` or a ``narrow_layer``) as a swappable slot."""

@@ -1,5 +1,5 @@
-"""BERT-like encoders (BERT, RoBERTa, MiniLM, ELECTRA) and T5 (its encoder, and its decoder for the
-seq2seq kind)."""
+"""BERT-like encoders (BERT, RoBERTa, MiniLM, ELECTRA), MPNet (BERT-like, with T5-like relative position
+bias) and T5 (its encoder, and its decoder for the seq2seq kind)."""
 from __future__ import annotations
 
 import copy
@@ -87,6 +87,69 @@ class BertFamily(Family):
 
     def ffn_slot(self, layer):
         return BertFFNSlot(layer)
+
+
+class MPNetFamily(BertFamily):
+    """MPNet: a BERT-like layer (``intermediate``/``output`` FFN, LayerNorm after each block) whose attention
+    (``attn.q``, ``attn.k``, ``attn.v``, ``attn.o``) adds a relative position bias. The encoder, not a layer,
+    owns the bias table (``MPNetEncoder.relative_attention_bias``) and computes the bias once per stack
+    (``compute_position_bias``); here it is computed once per stack too, by the first layer that needs it,
+    and kept in the layer context. A side stack's first narrow layer owns a table of its own (a layerless
+    ``MPNetEncoder`` at the narrow head count, ``relative_position``), as T5's narrow first block does."""
+
+    name = "mpnet"
+    lora_targets = ("q", "v")
+    default_pooling = "mean"  # the sentence-transformers MPNets are read by their mean token
+    OWNER = "mpnet_position_bias_owner"  # ctx.extra: the module that computes the stack's bias (the encoder)
+
+    def max_length(self, config) -> int | None:
+        return config.max_position_embeddings - (config.pad_token_id + 1)  # positions start after padding (as RoBERTa)
+
+    def stack_context(self, model, ctx: LayerContext) -> None:
+        ctx.extra[self.OWNER] = model.encoder
+
+    def stack_parameters(self, model) -> dict[str, torch.Tensor]:
+        return {"relative_position.relative_attention_bias.weight": model.encoder.relative_attention_bias.weight}
+
+    def embed(self, model, batch):
+        if "inputs_embeds" in batch:
+            return model.embeddings(inputs_embeds=batch["inputs_embeds"])
+        return model.embeddings(input_ids=batch["input_ids"])
+
+    def _position_bias(self, layer, hidden, ctx: LayerContext) -> torch.Tensor:
+        # keyed by head count: a stack whose layers have another head count (a narrow side stack) keeps its own
+        heads = layer.attention.attn.num_attention_heads
+        key = ("mpnet_position_bias", heads)
+        bias = ctx.extra.get(key)
+        if bias is None:
+            owner = getattr(layer, "relative_position", None)
+            owner = ctx.extra.get(self.OWNER) if owner is None else owner
+            if owner is None or owner.n_heads != heads:
+                raise RuntimeError(f"an MPNet layer of {heads} heads has no position bias in its stack: build its "
+                                   f"stack's first layer with narrow_layer(.., layer_index=0)")
+            # one example's bias, broadcast over the batch: the values MPNetEncoder expands to every example
+            bias = owner.compute_position_bias(hidden[:1])
+            ctx.extra[key] = bias
+        return bias
+
+    def prepare_layer(self, layer, hidden, ctx: LayerContext) -> None:
+        self._position_bias(layer, hidden, ctx)
+
+    def run_layer(self, layer, hidden, ctx: LayerContext):
+        bias = self._position_bias(layer, hidden, ctx).to(hidden.dtype)
+        out = layer(hidden, attention_mask=ctx.additive_mask.to(hidden.dtype), position_bias=bias)
+        return out[0] if isinstance(out, tuple) else out
+
+    def narrow_layer(self, model, reduction, layer_index):
+        from transformers.models.mpnet.modeling_mpnet import MPNetEncoder
+
+        layer = super().narrow_layer(model, reduction, layer_index)
+        if layer_index == 0:
+            cfg = layer.attention.attn
+            table_cfg = copy.deepcopy(model.config)
+            table_cfg.num_hidden_layers, table_cfg.num_attention_heads = 0, cfg.num_attention_heads
+            layer.relative_position = MPNetEncoder(table_cfg)
+        return layer
 
 
 class T5Family(Family):
@@ -200,6 +263,7 @@ FAMILIES: dict[str, Family] = {
     "roberta": BertFamily(),
     "xlm-roberta": BertFamily(),
     "electra": BertFamily(),
+    "mpnet": MPNetFamily(),
     "t5": T5Family(),
     "mt5": T5Family(),
 }

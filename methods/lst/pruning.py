@@ -13,14 +13,16 @@ Three kinds of width are pruned, each keeping the top 1/r of its channels:
 Attention heads stay consistent: when the side layer keeps the head size, whole heads are chosen
 (by their summed Fisher); when it keeps the head count (T5's d_kv / r), the top dimensions within
 each head; otherwise (a single narrow head) the top dimensions overall. LayerNorms keep the hidden
-slice. Anything else with the same shape in side and backbone (T5's relative position bias) is copied.
+slice. Anything else with the same shape in side and backbone (T5's relative position bias, and MPNet's,
+which the encoder owns: ``backbone.stack_parameters``) is copied.
 
 Which parameter axis is which width is read from the layer itself, with no per-family code: one
 forward pass of a backbone layer with hooks on its Linears and LayerNorms. A Linear whose input is the
 layer input or a LayerNorm output reads the residual stream and writes an inner width; any other
 Linear reads the inner width opened by the writers called since the previous reader, and writes the
 residual stream. The inner width with three writers (query, key, value) is the attention. Head counts
-come from the config each attention module keeps (``num_attention_heads``, which T5 configs alias).
+come from the config each attention module keeps (``num_attention_heads``, which T5 configs alias), or
+from the module's own ``num_attention_heads`` where it keeps no config (MPNet).
 A layer that breaks these rules gets a one-line error asking for init=random.
 
 Fisher information: the empirical Fisher, squared gradients of the task loss through a temporary
@@ -183,6 +185,9 @@ def attention_heads(module: nn.Module) -> int:
         cfg = getattr(m, "config", None)
         if cfg is not None and hasattr(cfg, "num_attention_heads"):
             return int(cfg.num_attention_heads)
+    for m in module.modules():  # an attention module that keeps no config keeps the count itself (MPNet's)
+        if isinstance(getattr(m, "num_attention_heads", None), int):
+            return m.num_attention_heads
     raise UserError(f"lst: cannot find the attention head count of a {type(module).__name__} layer; use init=random")
 
 
@@ -328,6 +333,7 @@ def copy_pruned(backbone, side_layers: nn.ModuleList, source_layers: list[int], 
     """Copy each kept backbone slice into its side layer; returns the side parameters left as initialised."""
     left = []
     layers = backbone.layers
+    shared = backbone.stack_parameters() if hasattr(backbone, "stack_parameters") else {}  # MPNet's bias table
     for j, k in enumerate(source_layers):
         src = dict(layers[k].named_parameters())
         for name, p in side_layers[j].named_parameters():
@@ -336,6 +342,8 @@ def copy_pruned(backbone, side_layers: nn.ModuleList, source_layers: list[int], 
             if src_p is None:  # a stack-level parameter only one backbone layer owns (T5's position bias)
                 src_p = next((dict(layer.named_parameters())[name] for layer in layers
                               if name in dict(layer.named_parameters())), None)
+            if src_p is None:  # or one the stack owns outside its layers (MPNet's position bias table)
+                src_p = shared.get(name)
             value = pruned(src_p, role, plan, k) if src_p is not None else None
             if value is None or value.shape != p.shape:
                 left.append(f"{j}.{name}")
