@@ -131,5 +131,9 @@ def test_scale_compares_backbones_at_the_same_budget_kind_with_memory_ratios(tmp
     assert out.count("### ") == 1 and "minilm tuned-3ep-b32-len64 -> mpnet-base tuned-3ep-b32-len64" in out
     assert "| sherl | #3 77.00 ± 1.00 (3) | #1 89.00 ± 1.00 (3) | +12.00 | +2 |" in out
     assert "| 0.250 (0.25) -> 1.000 (0.12) |" in out  # SHERL's peak and its ratio to full fine-tuning, each scale
+    from benchmark.publish.figures import write_figures
+
+    pngs = [p.name for p in write_figures(tmp_path)]
+    assert "scale__rte__minilm-tuned-3ep-b32-len64__mpnet-base-tuned-3ep-b32-len64__cpu-test.png" in pngs
     assert cli(["scale", "--results-dir", str(tmp_path), "--large", "t5-base"]) == 2
     assert "no task has runs on a backbone starting with 'minilm' and one starting with 't5-base'" in capsys.readouterr().err

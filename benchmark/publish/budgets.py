@@ -67,6 +67,7 @@ def _matching(budgets, prefix: str) -> list[str]:
 
 
 SPLITS = {"val": "val_score", "test": "score"}  # --split: which score the comparison reads
+SCALE_DEFAULTS = ("minilm", "mpnet-base", "tuned")  # ``scale``'s backbones and budget kind (and the figure's)
 
 
 def compare(records: list[dict], before: str, after: str, tasks: list[str] | None = None,
@@ -209,9 +210,10 @@ def scale_main(argv: list[str] | None = None) -> int:
     from benchmark.results import load_results
 
     p = argparse.ArgumentParser(prog="python -m benchmark scale", description=COMMANDS["scale"][1])
-    p.add_argument("--small", default="minilm", help="backbone label prefix of the first backbone (default minilm)")
-    p.add_argument("--large", default="mpnet-base", help="backbone label prefix of the second (default mpnet-base)")
-    p.add_argument("--budget", default="tuned", help="budget label prefix on both sides (default tuned)")
+    small, large, budget = SCALE_DEFAULTS
+    p.add_argument("--small", default=small, help=f"backbone label prefix of the first backbone (default {small})")
+    p.add_argument("--large", default=large, help=f"backbone label prefix of the second (default {large})")
+    p.add_argument("--budget", default=budget, help=f"budget label prefix on both sides (default {budget})")
     p.add_argument("--tasks", default="", help="comma-separated task names (default: every task with both)")
     p.add_argument("--split", default="test", choices=sorted(SPLITS), help="test scores (default) or best validation")
     p.add_argument("--results-dir", default="results")

@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from benchmark.publish.fmt import GIB, is_percent, isnan
 from benchmark.publish.leaderboard import PARETO_GROUP, build_leaderboard, current_records, is_ablation_row
@@ -276,6 +276,29 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
+def scale_figure(comp) -> Figure:
+    """A ``budgets.compare(axis="backbone")`` comparison: each method's score and peak memory on the small
+    backbone (hollow) and the large one (filled), joined by an arrow; ranks in the labels."""
+    fig = _figure(9.0, 5.0)
+    ax = fig.add_subplot()
+    t = comp.table
+    for i, r in enumerate(t.itertuples()):
+        color = OURS_COLORS[0] if r.method == OURS else COLORS[i % len(COLORS)]
+        x0, y0, x1, y1 = r.before_gib, 100 * r.before_mean, r.after_gib, 100 * r.after_mean
+        ax.scatter([x0], [y0], facecolors="none", edgecolors=color, s=40)
+        ax.scatter([x1], [y1], color=color, s=40, label=f"{r.method} (#{r.before_rank} -> #{r.after_rank})")
+        ax.annotate("", xy=(x1, y1), xytext=(x0, y0), arrowprops={"arrowstyle": "->", "color": color, "lw": 1})
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(PLAIN)
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("peak training memory (GiB, log)")
+    ax.set_ylabel("test score (%)" if comp.split == "test" else "best validation score (%)")
+    ax.set_title(f"{comp.task}: {comp.before} (hollow) -> {comp.after} (filled)", fontsize=9)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
+    return fig
+
+
 def write_figures(results_dir: str | os.PathLike = "results", out: str | os.PathLike | None = None, *,
                   df: pd.DataFrame | None = None, report=None, records: list[dict] | None = None) -> list[Path]:
     """Draw every figure the inputs allow into ``out`` (default ``<results_dir>/figures``); return the PNGs.
@@ -314,6 +337,13 @@ def write_figures(results_dir: str | os.PathLike = "results", out: str | os.Path
         name = f"learning_curves__{slug(task)}-v{version}__{slug(backbone)}__{slug(budget)}__{slug(device)}.png"
         emit(lambda k=key, m=methods: learning_curve_figure(k, m), name, "learning_curves", task=task,
              backbone=backbone, budget=budget, device=device, version=int(version))
+
+    from benchmark.publish.budgets import SCALE_DEFAULTS, compare
+
+    small, large, budget = SCALE_DEFAULTS
+    for comp in compare(records, small, large, results_dir=results_dir, axis="backbone", budget=budget):
+        name = f"scale__{slug(comp.task)}__{slug(comp.before)}__{slug(comp.after)}__{slug(comp.device)}.png"
+        emit(lambda c=comp: scale_figure(c), name, "scale", task=comp.task, device=comp.device)
 
     mem = _read_csv(results_dir / "memory.csv", ["method", "peak_train_bytes"] + MEMORY_GROUP)
     if mem is not None:
