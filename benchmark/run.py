@@ -16,6 +16,7 @@ from pathlib import Path
 from benchmark.config import ConfigError, RunConfig, as_dict, build, current_names, split_overrides
 from benchmark.errors import UserError
 from benchmark import results, runlock
+from benchmark.resume import resume_checkpoint, resume_plan, unfinished
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -317,9 +318,10 @@ def run(overrides: dict[str, str]) -> Path | None:
         out_root = out_root / "tmp"
     planned = results.result_path(out_root, results.build_record(p))
     with runlock.hold(planned) if _launching_rank() else nullcontext() as lock:
-        resume = _unfinished(p, lock)
+        resume = unfinished(p, lock)
         try:
-            done = execute(p, resume=resume, on_run_dir=(lambda d: lock.note(run_dir=str(d))) if lock else None)
+            done = execute(p, resume=resume, on_run_dir=(lambda d: lock.note(run_dir=str(d), plan=resume_plan(p)))
+                           if lock else None)
         except UserError:
             raise  # bad input: one line, nothing written
         except BaseException as exc:  # a crash or Ctrl-C: recorded as such, never where results are read
@@ -345,26 +347,6 @@ def run(overrides: dict[str, str]) -> Path | None:
           f"trainable {e['trainable_params']:,} ({e['trainable_percent']:.2f} %)")
     print(f"results: {path}\nlogs: {done.run_dir}")
     return path
-
-
-def resume_checkpoint(run_dir: Path) -> Path:
-    """Where a run keeps its whole training state while it trains (``checkpoint_every``)."""
-    return Path(run_dir) / "checkpoints" / "resume.ckpt"
-
-
-def _unfinished(p: Plan, lock) -> Path | None:
-    """The run directory of a killed run of this plan that left a resume checkpoint (named in the lock it
-    left behind), unless ``fresh=true``; says so in one line."""
-    previous = getattr(lock, "previous", None) or {}
-    run_dir = previous.get("run_dir")
-    if not run_dir or not resume_checkpoint(run_dir).is_file():
-        return None
-    if p.run.fresh:
-        print(f"fresh=true: not resuming the unfinished run in {run_dir}; starting over", file=sys.stderr)
-        return None
-    print(f"resuming the unfinished run in {run_dir} from its last checkpoint (FRESH=1 / fresh=true starts over)",
-          file=sys.stderr)
-    return Path(run_dir)
 
 
 def _interrupted(exc: BaseException) -> bool:
