@@ -55,6 +55,16 @@ class TaskDataModule(L.LightningDataModule):
         for split, limit in self.limits.items():
             if limit and len(raw[split]) > limit:
                 raw[split] = raw[split].shuffle(seed=1234).select(range(limit))
+        least = self.task.min_eval_examples
+        for split in ("validation", "test"):
+            n = len(raw[split]) if split in raw else 0
+            if n < least:
+                from benchmark.errors import UserError
+
+                where = f" in {self.data_dir}" if self.data_dir else ""
+                raise UserError(f"task {self.task.name!r}: its {split} split has {n} example{'s' * (n != 1)}{where}; "
+                                f"a score needs at least {least}: check the data, or raise limit_eval_samples / "
+                                f"limit_test_samples")
         return raw
 
     def setup(self, stage: str | None = None):

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from benchmark.config import ConfigError, RunConfig, as_dict, build, current_names, split_overrides
-from benchmark.errors import UserError
+from benchmark.errors import TrainingFailed, UserError
 from benchmark import results, runlock
 from benchmark.resume import resume_checkpoint, resume_plan, unfinished
 
@@ -250,7 +250,7 @@ def execute(p: Plan, test: bool = True, callbacks: list | tuple = (), resume: Pa
         strategy = "ddp_find_unused_parameters_true"
     trainer = L.Trainer(accelerator=r.accelerator, devices=r.devices_value(), strategy=strategy,
                         num_nodes=r.num_nodes, precision=r.precision, max_epochs=r.epochs, max_steps=r.max_steps,
-                        gradient_clip_val=r.grad_clip or None, val_check_interval=r.val_check_interval,
+                        gradient_clip_val=r.grad_clip or None, val_check_interval=_val_check(r, dm),
                         callbacks=callbacks, logger=loggers, enable_progress_bar=r.progress,
                         enable_model_summary=False, num_sanity_val_steps=0, deterministic=False,
                         enable_checkpointing=ckpt is not None or resumable is not None,
@@ -322,6 +322,8 @@ def run(overrides: dict[str, str]) -> Path | None:
         try:
             done = execute(p, resume=resume, on_run_dir=(lambda d: lock.note(run_dir=str(d), plan=resume_plan(p)))
                            if lock else None)
+            if done.rank == 0:
+                _check_scores(done.record)
         except UserError:
             raise  # bad input: one line, nothing written
         except BaseException as exc:  # a crash or Ctrl-C: recorded as such, never where results are read
@@ -356,6 +358,24 @@ def _interrupted(exc: BaseException) -> bool:
 
     return isinstance(exc, (KeyboardInterrupt, SIGTERMException)) or \
         (isinstance(exc, SystemExit) and exc.code not in (0, None))
+
+
+def _val_check(r: RunConfig, dm) -> float | int:
+    """Lightning's ``val_check_interval``: the run's, except that a step cap that stops inside the first epoch
+    (``max_steps`` under one epoch's batches) validates at its last step, so every run selects on validation."""
+    procs = r.num_nodes * (int(r.devices) if str(r.devices).isdigit() else 1)
+    per_epoch = math.ceil(len(dm.splits["train"]) / (r.batch_size * procs))
+    if r.val_check_interval == 1.0 and 0 < r.max_steps < per_epoch:
+        return int(r.max_steps)
+    return r.val_check_interval
+
+
+def _check_scores(record: dict) -> None:
+    """A run whose validation gave no score, or whose test gave none, is a failed run, never an ok record."""
+    m = record["metrics"]
+    missing = [part for part in ("val_best", "test") if not isinstance((m.get(part) or {}).get("score"), (int, float))]
+    if missing:
+        raise TrainingFailed(f"the run finished without a {' or '.join(missing)} score; check the task's data")
 
 
 def _launching_rank() -> bool:

@@ -105,6 +105,8 @@ class Task:
     extra: dict = field(default_factory=dict)
     images_per_example: int = 0  # > 0: a vision-language task; the run adds a frozen image encoder
     text_to_text: TextToText | None = None  # how a seq2seq backbone reads it; None: classifier backbones only
+    # the fewest validation / test examples a score may come from: fewer is a data problem, refused before training
+    min_eval_examples: int = 2  # correlations and MCC need two; one is the degenerate dev set of a bad copy
 
     primary = "score"
 

@@ -157,6 +157,35 @@ def test_a_crashing_run_is_recorded_as_failed_outside_the_results(dirs, tmp_path
     assert results.load_results(tmp_path / "results") == ([], [])  # the leaderboard sees nothing
 
 
+def test_a_run_without_a_validation_score_is_failed_not_ok(dirs, tmp_path, monkeypatch):
+    """A validation split that gave no metric (a degenerate dev set) must never become an ok record."""
+    from types import SimpleNamespace
+
+    from benchmark import run as run_mod
+    from benchmark.errors import TrainingFailed
+
+    p = plan({**TINY, **dirs, "method": "lora", "task": "rotten_tomatoes"})
+    record = results.build_record(p, val_best={}, test={"acc": 0.0, "score": 0.0})
+    monkeypatch.setattr(run_mod, "execute", lambda p, **kw: SimpleNamespace(rank=0, record=record, wandb_run=None,
+                                                                             run_dir=tmp_path))
+    with pytest.raises(TrainingFailed, match="without a val_best score"):
+        run({**TINY, **dirs, "method": "lora", "task": "rotten_tomatoes"})
+    recs, _ = results.load_results(tmp_path / "results" / "tmp" / "failed")
+    assert [r["run"]["status"] for r in recs] == ["failed"]
+    assert results.load_results(tmp_path / "results") == ([], [])
+
+
+def test_a_split_too_small_for_a_score_is_one_line_before_training(dirs, tmp_path, capsys):
+    from benchmark.cli import main as cli
+
+    args = [f"{k}={v}" for k, v in {**TINY, **dirs}.items()] + ["method=lora", "task=rotten_tomatoes",
+                                                                 "limit_eval_samples=1"]
+    assert cli(["run", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "validation split has 1 example;" in err[0] and "at least 2" in err[0]
+    assert not (tmp_path / "results").exists() or not list((tmp_path / "results").rglob("*.json"))
+
+
 def _two_processes(tmp_path, method, *extra):
     """``benchmark run`` under DDP on CPU (gloo), 2 processes, as `make bench ARGS="devices=2 strategy=ddp"`."""
     import os
