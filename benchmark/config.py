@@ -100,6 +100,32 @@ class RunConfig:
              "precision", "must be a Lightning precision such as 32-true, bf16-mixed or 16-mixed")
         need(0 < self.val_check_interval <= 1.0 or float(self.val_check_interval).is_integer(),
              "val_check_interval", "must be a fraction of an epoch in (0, 1] or a whole number of steps")
+        need(self.num_workers >= 0, "num_workers", "must be >= 0 (0 = load in the training process)")
+        need(0 <= self.seed < 2**32, "seed", "must be in [0, 2^32): numpy and the data loaders take 32-bit seeds")
+        need(self.devices == "auto" or all(t.strip().isdigit() for t in self.devices.split(",")) and
+             (not self.devices.isdigit() or int(self.devices) >= 1),
+             "devices", "must be auto, a number of devices >= 1, or comma-separated device indices such as 0,1")
+
+    def check_trainer(self) -> None:
+        """The Lightning settings, against what Lightning and this machine have: one line each, before anything
+        loads (``accelerator=gpu`` on a machine without one, an unknown ``strategy``)."""
+        from lightning.pytorch.accelerators import AcceleratorRegistry
+        from lightning.pytorch.strategies import StrategyRegistry
+
+        accelerators = ("auto", "gpu", *sorted(AcceleratorRegistry.available_accelerators()))
+        if self.accelerator not in accelerators:
+            raise ConfigError(f"bad config value accelerator={self.accelerator!r}: must be one of "
+                              f"{', '.join(accelerators)}")
+        if self.accelerator in ("gpu", "cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ConfigError(f"accelerator={self.accelerator} but this machine has no CUDA GPU that torch "
+                                  f"can use: use accelerator=cpu (or auto)")
+        strategies = ("auto", *StrategyRegistry.available_strategies())
+        if self.strategy not in strategies:
+            raise ConfigError(f"bad config value strategy={self.strategy!r}: must be auto or a Lightning strategy "
+                              f"such as ddp, fsdp or deepspeed (see lightning's StrategyRegistry)")
 
     @property
     def label(self) -> str:

@@ -64,6 +64,7 @@ def plan(overrides: dict[str, str]) -> Plan:
             VISUAL_ENCODERS.get(vision)  # the one-line unknown-name error, listing the valid ones
     run_vals, method_vals = split_overrides(overrides, RunConfig, method_cls.config_class)
     run = build(RunConfig, run_vals, "run")
+    run.check_trainer()
     if not run.head:  # the backbone's default kind, recorded as resolved
         from benchmark.backbones import default_head
 
@@ -361,8 +362,7 @@ def _interrupted(exc: BaseException) -> bool:
 
 
 def _val_check(r: RunConfig, dm) -> float | int:
-    """Lightning's ``val_check_interval``: the run's, except that a step cap that stops inside the first epoch
-    (``max_steps`` under one epoch's batches) validates at its last step, so every run selects on validation."""
+    """The run's ``val_check_interval``; a ``max_steps`` cap inside the first epoch validates at its last step."""
     procs = r.num_nodes * (int(r.devices) if str(r.devices).isdigit() else 1)
     per_epoch = math.ceil(len(dm.splits["train"]) / (r.batch_size * procs))
     if r.val_check_interval == 1.0 and 0 < r.max_steps < per_epoch:
