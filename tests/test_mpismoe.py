@@ -424,7 +424,7 @@ def test_each_ablation_row_differs_from_the_row_before_by_exactly_its_switch():
 
 
 def test_the_paper_tables_run_on_unipt_and_table4_without_ismoe():
-    """The paper's setting (issue 33): both tables on a UniPT base, ISMoE ablated on the full-precision
+    """The paper's setting: both tables on a UniPT base, ISMoE ablated on the full-precision
     backbone, GNP-IQ ablated without ISMoE, Table 4's first row Table 3's; the mixed-precision rows train
     fp32 LayerNorms and the noise row perturbs the backbone itself. The SHERL chain is the extension."""
     from methods.mpismoe import CARDS
