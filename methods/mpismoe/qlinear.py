@@ -26,6 +26,16 @@ from benchmark.memory.storage import unique_storage_bytes
 from methods.mpismoe.quant import DEFAULT_GROUP_SIZE, QuantizedTensor, dequantize_packed, quantize
 
 
+
+def frozen_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
+    """A frozen fp32 ``nn.Linear`` holding ``weight`` [out, in] (and ``bias``) on the weight's device."""
+    lin = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device)
+    with torch.no_grad():
+        lin.weight.copy_(weight)
+        if bias is not None:
+            lin.bias.copy_(bias)
+    return lin.requires_grad_(False)
+
 class _DequantLinear(torch.autograd.Function):
     """y = x W_d^T with W_d recomputed in backward instead of being saved (codes only are saved)."""
 
@@ -93,12 +103,7 @@ class QuantLinear(nn.Module):
     def to_float(self) -> nn.Linear:
         """A frozen fp32 ``nn.Linear`` holding the dequantized weight (a temporary stand-in, e.g. for
         code that needs real parameters such as LST's Fisher pruning)."""
-        lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device=self.packed.device)
-        with torch.no_grad():
-            lin.weight.copy_(self.dequantize())
-            if self.bias is not None:
-                lin.bias.copy_(self.bias)
-        return lin.requires_grad_(False)
+        return frozen_linear(self.dequantize(), self.bias)
 
     def logical_numel(self) -> int:
         """Weights (and bias) this layer stands for, as if it were an nn.Linear."""
@@ -309,13 +314,7 @@ class TiedQuantLinear(nn.Module):
 
     def to_float(self) -> nn.Linear:
         """A frozen fp32 ``nn.Linear`` holding the dequantized table (a temporary stand-in)."""
-        lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
-                        device=self.table.packed.device)
-        with torch.no_grad():
-            lin.weight.copy_(self.dequantize())
-            if self.bias is not None:
-                lin.bias.copy_(self.bias)
-        return lin.requires_grad_(False)
+        return frozen_linear(self.dequantize(), self.bias)
 
     def logical_numel(self) -> int:
         return self.bias.numel() if self.bias is not None else 0
