@@ -12,6 +12,11 @@ from methods import default_method
 from tasks import default_task
 
 
+# strategies a run may name without Lightning being imported to check (plan() stays light)
+COMMON_STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true", "fsdp", "deepspeed",
+                     "single_device")
+
+
 @dataclass
 class RunConfig:
     """Everything a run needs that is not a method hyperparameter. Same budget for every method."""
@@ -109,10 +114,7 @@ class RunConfig:
     def check_trainer(self) -> None:
         """The Lightning settings, against what Lightning and this machine have: one line each, before anything
         loads (``accelerator=gpu`` on a machine without one, an unknown ``strategy``)."""
-        from lightning.pytorch.accelerators import AcceleratorRegistry
-        from lightning.pytorch.strategies import StrategyRegistry
-
-        accelerators = ("auto", "gpu", *sorted(AcceleratorRegistry.available_accelerators()))
+        accelerators = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")  # Lightning's AcceleratorRegistry, and its aliases
         if self.accelerator not in accelerators:
             raise ConfigError(f"bad config value accelerator={self.accelerator!r}: must be one of "
                               f"{', '.join(accelerators)}")
@@ -122,8 +124,11 @@ class RunConfig:
             if not torch.cuda.is_available():
                 raise ConfigError(f"accelerator={self.accelerator} but this machine has no CUDA GPU that torch "
                                   f"can use: use accelerator=cpu (or auto)")
-        strategies = ("auto", *StrategyRegistry.available_strategies())
-        if self.strategy not in strategies:
+        if self.strategy not in COMMON_STRATEGIES:  # only then is Lightning imported to read its registry
+            from lightning.pytorch.strategies import StrategyRegistry
+
+            strategies = StrategyRegistry.available_strategies()
+        if self.strategy not in COMMON_STRATEGIES and self.strategy not in strategies:
             raise ConfigError(f"bad config value strategy={self.strategy!r}: must be auto or a Lightning strategy "
                               f"such as ddp, fsdp or deepspeed (see lightning's StrategyRegistry)")
 
